@@ -1,0 +1,76 @@
+"""The four model kinds over one encoder, built by name, initialised or loaded from Hugging Face checkpoints.
+
+    model = build_model("colbert", EncoderConfig.from_pretrained_dir(path))
+    params = load_pretrained("colbert", path)[1]
+    vectors = model.apply({"params": params}, batch)           # pure function of (params, batch)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from distill_jax.models.colbert import ColBERT, ColBERTConfig
+from distill_jax.models.cross_encoder import CrossEncoder
+from distill_jax.models.dense import DenseEncoder
+from distill_jax.models.encoder import Encoder, EncoderConfig, check_token_ids
+from distill_jax.models.hf import import_params, read_state_dict, resolve_checkpoint_dir
+from distill_jax.models.splade import Splade
+from distill_jax.registry import models as MODELS
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ColBERT", "ColBERTConfig", "CrossEncoder", "DenseEncoder", "Encoder", "EncoderConfig", "Splade",
+    "build_model", "init_params", "load_pretrained", "check_token_ids", "MODEL_KINDS",
+]
+
+MODELS.register("cross_encoder", CrossEncoder)
+MODELS.register("colbert", ColBERT)
+MODELS.register("splade", Splade)
+MODELS.register("dense", DenseEncoder)
+MODEL_KINDS = ("cross_encoder", "colbert", "splade", "dense")
+
+
+def build_model(kind: str, cfg: EncoderConfig, dtype: Any = jnp.float32, remat: bool = False,
+                **options) -> nn.Module:
+    """Builds a model kind by its registered name.
+
+    ``options``: ``colbert=ColBERTConfig(...)`` for ColBERT; ``chunk_size`` for SPLADE; ``pooling``,
+    ``projection_dim``, ``normalize`` for the dense student.
+    """
+    return MODELS.get(kind)(cfg, dtype=dtype, remat=remat, **options)
+
+
+def dummy_batch(length: int = 8, batch: int = 1) -> dict[str, jax.Array]:
+    """A shape-only batch for initialisation."""
+    ids = jnp.zeros((batch, length), jnp.int32)
+    return {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "token_type_ids": ids}
+
+
+def init_params(model: nn.Module, rng: jax.Array, length: int = 8) -> dict[str, Any]:
+    """Fresh parameters (a plain nested dict of float32 arrays, logical-axis boxes removed)."""
+    return nn.unbox(model.init(rng, dummy_batch(length))["params"])
+
+
+def load_pretrained(kind: str, name_or_path: str, dtype: Any = jnp.float32, remat: bool = False,
+                    seed: int = 0, allow_pickle: bool = False, **options) -> tuple[nn.Module, dict[str, Any]]:
+    """Loads a Hugging Face checkpoint (local directory or hub id) as a model kind.
+
+    Heads the checkpoint lacks (the classifier of a plain ``BertModel``, SPLADE's MLM transform,
+    ColBERT's projection) are freshly initialised from ``seed`` and a warning says so.
+
+    Returns:
+      (model, params): ``model.apply({'params': params}, batch)`` runs it.
+    """
+    path = resolve_checkpoint_dir(name_or_path)
+    cfg = EncoderConfig.from_pretrained_dir(path)
+    model = build_model(kind, cfg, dtype=dtype, remat=remat, **options)
+    fresh = init_params(model, jax.random.key(seed))
+    params = import_params(kind, cfg, read_state_dict(path, allow_pickle), fresh, source=path,
+                           projection=bool(options.get("projection_dim")))
+    return model, jax.tree.map(jnp.asarray, params)

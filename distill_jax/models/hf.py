@@ -1,0 +1,259 @@
+"""Hugging Face <-> distill-jax weights: one mapping table, used in both directions.
+
+``param_table(kind, cfg)`` lists every parameter of a model kind as (our path, HF name, transform). Import reads a
+checkpoint directory (or a hub id, for online users), applies the table, fills heads the checkpoint lacks with a
+fresh initialisation (and logs it), and refuses anything else that does not match, listing the names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from distill_jax.models.encoder import EncoderConfig
+
+log = logging.getLogger(__name__)
+
+Path = tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One parameter: ``ours`` (path in the Flax params tree), ``hf`` (state-dict key without the model prefix),
+    ``transpose`` (torch Linear weights are [out, in], Flax kernels [in, out]), ``head`` (the head it belongs
+    to: None for the encoder, which must always be present)."""
+
+    ours: Path
+    hf: str
+    transpose: bool = False
+    head: str | None = None
+
+
+def _linear(ours: Path, hf: str, head: str | None = None, bias: bool = True) -> list[Entry]:
+    out = [Entry(ours + ("kernel",), hf + ".weight", True, head)]
+    if bias:
+        out.append(Entry(ours + ("bias",), hf + ".bias", False, head))
+    return out
+
+
+def _norm(ours: Path, hf: str, head: str | None = None) -> list[Entry]:
+    return [Entry(ours + ("scale",), hf + ".weight", False, head), Entry(ours + ("bias",), hf + ".bias", False, head)]
+
+
+def encoder_table(cfg: EncoderConfig, prefix: Path = ("encoder",)) -> list[Entry]:
+    """The BERT encoder (HF ``BertModel`` names, without the ``bert.`` prefix)."""
+    e = prefix + ("embeddings",)
+    rows = [Entry(e + (n, "embedding"), f"embeddings.{n}.weight")
+            for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")]
+    rows += _norm(e + ("LayerNorm",), "embeddings.LayerNorm")
+    for i in range(cfg.num_layers):
+        ours, hf = prefix + (f"layer_{i}",), f"encoder.layer.{i}"
+        for n in ("query", "key", "value"):
+            rows += _linear(ours + ("attention", n), f"{hf}.attention.self.{n}")
+        rows += _linear(ours + ("attention", "output_dense"), f"{hf}.attention.output.dense")
+        rows += _norm(ours + ("attention", "output_LayerNorm"), f"{hf}.attention.output.LayerNorm")
+        rows += _linear(ours + ("intermediate",), f"{hf}.intermediate.dense")
+        rows += _linear(ours + ("output_dense",), f"{hf}.output.dense")
+        rows += _norm(ours + ("output_LayerNorm",), f"{hf}.output.LayerNorm")
+    return rows
+
+
+def param_table(kind: str, cfg: EncoderConfig, projection: bool = False) -> list[Entry]:
+    """Every parameter of a model kind. ``projection``: the dense student has a projection layer."""
+    rows = encoder_table(cfg)
+    if kind == "cross_encoder":  # BertForSequenceClassification
+        rows += _linear(("pooler",), "pooler.dense", head="classification")
+        rows += _linear(("classifier",), "classifier", head="classification")
+    elif kind == "colbert":  # Stanford HF_ColBERT / PyLate 1_Dense
+        rows += _linear(("linear",), "linear", head="projection", bias=False)
+    elif kind == "splade":  # BertForMaskedLM (decoder weight tied to the word embeddings)
+        rows += _linear(("transform_dense",), "cls.predictions.transform.dense", head="mlm")
+        rows += _norm(("transform_LayerNorm",), "cls.predictions.transform.LayerNorm", head="mlm")
+        rows.append(Entry(("bias",), "cls.predictions.bias", head="mlm"))
+    elif kind == "dense":
+        if projection:
+            rows += _linear(("projection",), "projection", head="projection", bias=False)
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
+    return rows
+
+
+# HF keys that are expected in checkpoints but have no counterpart in a given model kind.
+_IGNORABLE = {
+    "cross_encoder": [r"^embeddings\.position_ids$"],
+    "colbert": [r"^pooler\.", r"^embeddings\.position_ids$", r"^cls\."],
+    "splade": [r"^pooler\.", r"^embeddings\.position_ids$", r"^cls\.predictions\.decoder\.",
+               r"^cls\.seq_relationship\."],
+    "dense": [r"^pooler\.", r"^embeddings\.position_ids$", r"^cls\."],
+}
+_PREFIXES = ("bert.", "model.", "0.auto_model.")
+
+
+def _normalise_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Strips the model prefix (``bert.``) and renames legacy LayerNorm ``gamma/beta`` to ``weight/bias``."""
+    out = {}
+    for k, v in state.items():
+        for p in _PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        k = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", k)
+        k = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", k)
+        out[k] = v
+    return out
+
+
+def resolve_checkpoint_dir(name_or_path: str) -> str:
+    """A local directory as is; otherwise a Hugging Face hub id, downloaded (safetensors and json only)."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path):
+        raise ValueError(f"{name_or_path!r} is a file; pass the checkpoint directory that holds config.json")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(
+            repo_id=name_or_path,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "1_Dense/*", "tokenizer*"],
+        )
+    except Exception as err:  # the hub client raises many types; all mean "cannot get it"
+        raise FileNotFoundError(
+            f"{name_or_path!r} is not a local directory and could not be fetched from the Hugging Face hub "
+            f"({type(err).__name__}: {err}); pass a local checkpoint directory (offline: HF_HUB_OFFLINE=1)"
+        ) from err
+
+
+def read_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """Reads every weight file of a checkpoint directory into float32/int numpy arrays.
+
+    Safetensors are preferred. ``pytorch_model.bin`` (a pickle, which can execute code) is read only with
+    ``allow_pickle=True``. A PyLate/sentence-transformers ``1_Dense`` module contributes ``linear.weight``.
+    """
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    state: dict[str, np.ndarray] = {}
+    if files:
+        from safetensors.numpy import load_file
+
+        for f in files:
+            state.update(load_file(f))
+    elif os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+        if not allow_pickle:
+            raise ValueError(
+                f"{path} holds only pytorch_model.bin, a pickle that can run code when loaded; convert it to "
+                "safetensors, or pass allow_pickle=True if you trust its source"
+            )
+        import torch
+
+        sd = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        state = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+    else:
+        raise FileNotFoundError(f"{path} has no model.safetensors (or pytorch_model.bin): no weights to load")
+    dense_file = os.path.join(path, "1_Dense", "model.safetensors")
+    if os.path.isfile(dense_file):
+        from safetensors.numpy import load_file
+
+        state.update({k: v for k, v in load_file(dense_file).items() if k.startswith("linear.")})
+    return {k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v)
+            for k, v in state.items()}
+
+
+def _get(tree: dict, path: Path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _set(tree: dict, path: Path, value) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def import_params(kind: str, cfg: EncoderConfig, state: dict[str, np.ndarray], fresh: dict[str, Any],
+                  source: str = "checkpoint", projection: bool = False) -> dict[str, Any]:
+    """Maps an HF state dict onto our params.
+
+    Args:
+      kind: model kind (``cross_encoder``, ``colbert``, ``splade``, ``dense``).
+      cfg: encoder geometry.
+      state: HF state dict (numpy), as from :func:`read_state_dict`.
+      fresh: freshly initialised params of the same model; heads missing from the checkpoint keep these values.
+      source: name used in messages.
+      projection: the dense student has a projection layer.
+
+    Returns:
+      params with the same tree structure as ``fresh`` (numpy float32 leaves).
+
+    Raises:
+      ValueError: encoder weights are missing, a head is partially present, a shape differs, or the checkpoint
+        has weights that match nothing; the message lists the names.
+    """
+    state = _normalise_keys(state)
+    table = param_table(kind, cfg, projection)
+    params = _tree_to_numpy(fresh)
+    used, missing, wrong_shape = set(), [], []
+    heads_missing: dict[str, list[str]] = {}
+    heads_present: set[str] = set()
+    for row in table:
+        if row.hf not in state:
+            if row.head is None:
+                missing.append(row.hf)
+            else:
+                heads_missing.setdefault(row.head, []).append(row.hf)
+            continue
+        value = state[row.hf].T if row.transpose else state[row.hf]
+        target = _get(params, row.ours)
+        if value.shape != target.shape:
+            wrong_shape.append(f"{row.hf}: checkpoint {value.shape} vs model {target.shape}")
+            continue
+        _set(params, row.ours, np.asarray(value, np.float32))
+        used.add(row.hf)
+        if row.head is not None:
+            heads_present.add(row.head)
+    partial = [h for h in heads_missing if h in heads_present]
+    ignorable = [re.compile(p) for p in _IGNORABLE[kind]]
+    unmatched = sorted(k for k in state if k not in used and not any(p.search(k) for p in ignorable))
+    problems = []
+    if missing:
+        problems.append(f"missing encoder weights ({len(missing)}): {', '.join(missing[:8])}"
+                        + (" ..." if len(missing) > 8 else ""))
+    if partial:
+        problems.append("partially present heads: " + "; ".join(f"{h} lacks {heads_missing[h]}" for h in partial))
+    if wrong_shape:
+        problems.append("shape mismatches: " + "; ".join(wrong_shape[:8]))
+    if unmatched:
+        problems.append(f"weights that match no parameter of a {kind} model ({len(unmatched)}): "
+                        + ", ".join(unmatched[:8]) + (" ..." if len(unmatched) > 8 else ""))
+    if problems:
+        raise ValueError(
+            f"{source}: cannot load as a BERT-family {kind}: " + " | ".join(problems)
+            + ". Check that the directory holds a BERT checkpoint matching its config.json."
+        )
+    for head in heads_missing:
+        log.warning("%s has no %s head (%s); it is freshly initialised", source, head,
+                    ", ".join(heads_missing[head][:3]))
+    return params
+
+
+def export_state_dict(kind: str, cfg: EncoderConfig, params: dict[str, Any], prefix: str = "bert.",
+                      projection: bool = False) -> dict[str, np.ndarray]:
+    """The inverse of :func:`import_params`: our params -> HF state dict (``prefix`` on encoder keys)."""
+    out = {}
+    for row in param_table(kind, cfg, projection):
+        value = np.asarray(_get(params, row.ours), np.float32)
+        # The encoder and BERT's pooler live under the model prefix; task heads (classifier, cls.*, linear) do not.
+        key = prefix + row.hf if row.head is None or row.hf.startswith("pooler.") else row.hf
+        out[key] = np.ascontiguousarray(value.T if row.transpose else value)
+    return out
+
+
+def _tree_to_numpy(tree):
+    if isinstance(tree, dict) or hasattr(tree, "items"):
+        return {k: _tree_to_numpy(v) for k, v in tree.items()}
+    return np.array(tree, np.float32)
