@@ -1,0 +1,19 @@
+"""The distillation loss zoo: one calling convention, registered by name (``distill_jax.registry.losses``).
+
+Score losses: ``loss(student_scores [B, N], teacher_scores [B, N], mask [B, N], **hyperparameters) -> scalar``
+(row b = query b's N candidates, column 0 the positive where a loss needs one, ``mask`` marks real candidates;
+padded candidates change neither the value nor any gradient). Regularisers take the representations they act
+on and live in ``distill_jax.registry.regularizers``. See docs/losses.md for the formulas, papers and peers.
+"""
+
+from distill_jax.losses._masking import masked_log_softmax, masked_mean, masked_softmax
+from distill_jax.losses.listwise import (append_in_batch, in_batch_negative_mask, infonce, kl, listnet,
+                                         minmax_normalize)
+from distill_jax.losses.pairwise import fixed_margin_mse, margin_mse, mse
+from distill_jax.losses.sparsity import flops, l1, sparsity_stats, splade_lambda, splade_regularization
+
+__all__ = [
+    "append_in_batch", "fixed_margin_mse", "flops", "in_batch_negative_mask", "infonce", "kl", "l1", "listnet",
+    "margin_mse", "masked_log_softmax", "masked_mean", "masked_softmax", "minmax_normalize", "mse",
+    "sparsity_stats", "splade_lambda", "splade_regularization",
+]
