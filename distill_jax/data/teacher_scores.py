@@ -88,7 +88,7 @@ class RecordChecker:
     """
 
     FAULTS = ("empty_qid", "no_candidates", "shape", "nonfinite_score", "duplicate_pid", "missing_pid",
-              "no_positive", "missing_score")
+              "no_positive", "missing_score", "missing_query")
 
     def __init__(self, source: str, policy: BadInputPolicy = BadInputPolicy(), num_teachers: int | None = None,
                  corpus=None):

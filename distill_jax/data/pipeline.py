@@ -1,0 +1,349 @@
+"""The training loader: teacher-score records -> fixed-shape numpy batches, sharded per host, resumable.
+
+Data order is a pure function of (seed, step): epoch ``e`` visits the valid records in the permutation
+``default_rng([seed, e]).permutation``; global step ``s`` of an epoch takes positions ``[s*G, (s+1)*G)`` of it
+(G = global batch) and host ``h`` of ``P`` takes the ``h``-th slice of ``G/P`` of those. Positions past the end
+of the epoch are padding examples (``weight`` 0, ``index`` -1, a copy of a real record so every number stays
+finite), so every host yields exactly ``ceil(R / G)`` batches an epoch. Candidate sampling draws from
+``default_rng([seed, epoch, record])``, so a batch never depends on which host or which restart produced it.
+
+grain's ``MapDataset`` maps step -> batch, and its thread prefetch (``ReadOptions``) builds the next batches,
+tokenisation included, while the accelerator runs the current step. :meth:`LoaderIterator.get_state` returns a
+JSON dict (grain's position plus the settings that make it meaningful) that the trainer stores in its orbax
+checkpoint; :meth:`LoaderIterator.set_state` refuses a state whose seed, process count, dataset fingerprint,
+... differ, naming the field.
+
+Every record is checked once when the loader is built (NaN/inf scores, candidate or query ids missing from the
+collection, duplicate candidates, no positive): under the "raise" policy the first bad record stops the run with
+its index and qid named, under "skip" bad records are left out of every epoch and counted. Nothing reaches a jit
+step unchecked.
+
+The batch (the contract with the train step; B = host batch, N = ``num_candidates``):
+
+* ``query``: ``input_ids``, ``attention_mask`` (+ ``score_mask`` for ColBERT) int32 [B, Lq]
+* ``docs``: the same keys, int32 [B, N, Ld]
+* ``pairs`` (cross-encoder, instead of query/docs): ``input_ids``, ``attention_mask``, ``token_type_ids``
+  int32 [B, N, L]
+* ``teacher_scores`` float32 [B, N] (column 0: the positive), ``mask`` float32 [B, N] (1: real candidate),
+  ``weight`` float32 [B] (0: padding example), ``index`` int64 [B] (record index, -1 for padding).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import sys
+import threading
+from collections.abc import Mapping
+
+import numpy as np
+
+from distill_jax.data.collections import DataError, TextTable
+from distill_jax.data.teacher_scores import BadInputPolicy, RecordChecker, TeacherScoreDataset, load_teacher_scores
+
+log = logging.getLogger(__name__)
+
+MODEL_KINDS = ("colbert", "splade", "dense", "cross_encoder")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    """Settings of the training loader.
+
+    Attributes:
+      batch_size: GLOBAL batch (queries per step over all hosts); each host yields ``batch_size / process_count``.
+      num_candidates: N candidates per query: 1 positive + N-1 negatives.
+      sampling: "hardest" (the best-scored positive and the N-1 negatives the teacher scores highest) or
+        "random" (a random positive and N-1 negatives drawn without replacement from the ``top_k`` negatives by
+        teacher score), re-drawn every epoch.
+      top_k: pool of "random" sampling (None: every negative).
+      teacher_combine: how T teacher columns become one: "column" (``teacher_column``), "mean", or "zmean" (each
+        column z-normalised over the query's candidates, then averaged: teachers on different scales).
+      teacher_column: the column for "column".
+      model_kind: decides the tokenisation: "colbert" (markers, [MASK] expansion, punctuation mask), "splade" /
+        "dense" (``[CLS] text [SEP]``), "cross_encoder" (``pairs``).
+      query_maxlen, doc_maxlen: token lengths of queries and documents (ColBERT's are taken from here too).
+      pair_maxlen: token length of a (query, passage) pair for the cross-encoder.
+      seed: the data seed (shuffle and sampling).
+      shuffle: shuffle each epoch (False: dataset order, for evaluation).
+      num_epochs: epochs to yield (None: forever).
+      num_threads, prefetch: grain threads building batches and batches built ahead.
+      policy: bad-record handling (see :class:`BadInputPolicy`).
+    """
+
+    batch_size: int
+    num_candidates: int = 8
+    sampling: str = "hardest"
+    top_k: int | None = None
+    teacher_combine: str = "mean"
+    teacher_column: int = 0
+    model_kind: str = "colbert"
+    query_maxlen: int = 32
+    doc_maxlen: int = 180
+    pair_maxlen: int = 256
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int | None = None
+    num_threads: int = 2
+    prefetch: int = 4
+    policy: BadInputPolicy = BadInputPolicy()
+
+    def __post_init__(self):
+        if self.sampling not in ("hardest", "random"):
+            raise ValueError(f"LoaderConfig.sampling={self.sampling!r}: use 'hardest' or 'random'")
+        if self.teacher_combine not in ("column", "mean", "zmean"):
+            raise ValueError(f"LoaderConfig.teacher_combine={self.teacher_combine!r}: use column, mean or zmean")
+        if self.model_kind not in MODEL_KINDS:
+            raise ValueError(f"LoaderConfig.model_kind={self.model_kind!r}: one of {MODEL_KINDS}")
+        if self.num_candidates < 1 or self.batch_size < 1:
+            raise ValueError("LoaderConfig.batch_size and num_candidates must be >= 1")
+
+
+def combine_teachers(scores: np.ndarray, how: str, column: int = 0) -> np.ndarray:
+    """One score per candidate from T teacher columns.
+
+    Args:
+      scores: float32 [M, T].
+      how: "column", "mean" or "zmean" (per-column ``(s - mean) / std`` over the M candidates, then the mean;
+        a constant column contributes 0).
+    Returns:
+      float64 [M].
+    """
+    s = scores.astype(np.float64)
+    if how == "column":
+        if not 0 <= column < s.shape[1]:
+            raise ValueError(f"teacher_column {column} but the dataset has {s.shape[1]} teacher columns")
+        return s[:, column]
+    if how == "zmean":
+        std = s.std(axis=0)
+        s = (s - s.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    return s.mean(axis=1)
+
+
+def sample_candidates(labels: np.ndarray, teacher: np.ndarray, n: int, sampling: str, top_k: int | None,
+                      rng: np.random.Generator | None) -> np.ndarray:
+    """Chooses the candidates of one example: the positive first, then up to n-1 negatives.
+
+    Args:
+      labels: int32 [M] (> 0: positive).
+      teacher: float64 [M] combined teacher scores.
+    Returns:
+      int64 [<= n] positions into the record's candidates.
+    """
+    pos = np.nonzero(labels > 0)[0]
+    neg = np.nonzero(labels <= 0)[0]
+    neg = neg[np.argsort(-teacher[neg], kind="stable")]  # hardest first; ties keep record order
+    if sampling == "hardest":
+        first = pos[np.argmax(teacher[pos])]
+        chosen = neg[: n - 1]
+    else:
+        first = pos[rng.integers(len(pos))]
+        pool = neg[:top_k] if top_k is not None else neg
+        chosen = np.sort(rng.choice(len(pool), size=min(n - 1, len(pool)), replace=False))
+        chosen = pool[chosen]
+    return np.concatenate([[first], chosen]).astype(np.int64)
+
+
+class TrainLoader:
+    """Per-host view of a teacher-score dataset as training batches.
+
+    Args:
+      dataset: a :class:`TeacherScoreDataset` or its directory.
+      corpus: passage texts by id (:class:`TextTable`, e.g. ``TextTable.from_collection(collection)``).
+      queries: query texts by id (a dict or a :class:`TextTable`).
+      tokenizer: a fast tokenizer (``distill_jax.data.tokenize.load_tokenizer``).
+      config: :class:`LoaderConfig`.
+      process_index, process_count: this host's place (default ``jax.process_index()/process_count()``; tests
+        pass them to simulate hosts in one process).
+      colbert: ColBERT tokenisation settings (markers, punctuation); its lengths are replaced by the config's.
+    """
+
+    def __init__(self, dataset, corpus: TextTable, queries, tokenizer, config: LoaderConfig, *,
+                 process_index: int | None = None, process_count: int | None = None, colbert=None):
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index = jax.process_index() if process_index is None else process_index
+            process_count = jax.process_count() if process_count is None else process_count
+        if config.batch_size % process_count:
+            raise ValueError(f"global batch_size {config.batch_size} is not divisible by the {process_count} "
+                             f"processes: use a multiple of {process_count}")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        self.dataset = dataset if isinstance(dataset, TeacherScoreDataset) else load_teacher_scores(dataset)
+        self.corpus = corpus
+        self.queries = queries if isinstance(queries, TextTable) else TextTable.from_mapping(dict(queries), "queries")
+        self.config = config
+        self.process_index, self.process_count = process_index, process_count
+        self.host_batch = config.batch_size // process_count
+        if config.teacher_combine == "column" and config.teacher_column >= len(self.dataset.teacher_names):
+            raise ValueError(f"teacher_column {config.teacher_column} but the dataset has teachers "
+                             f"{self.dataset.teacher_names}")
+        if config.model_kind == "colbert":
+            from distill_jax.models.colbert import ColBERTConfig
+
+            self.colbert = dataclasses.replace(colbert or ColBERTConfig(), query_maxlen=config.query_maxlen,
+                                               doc_maxlen=config.doc_maxlen)
+        self._tokenizer = tokenizer
+        self._local = threading.local()
+        self.valid, self.skipped = self._scan()
+        if len(self.valid) == 0:
+            raise DataError(f"{self.dataset.path}: no usable record")
+        self.steps_per_epoch = -(-len(self.valid) // config.batch_size)
+        self._perm_cache: dict[int, np.ndarray] = {}
+        self._perm_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------- checks
+    def _scan(self) -> tuple[np.ndarray, dict[str, int]]:
+        """Checks every record once; returns the valid record indices and the skip counts."""
+        checker = RecordChecker(self.dataset.path, self.config.policy, len(self.dataset.teacher_names),
+                                self.corpus)
+        valid = []
+        for i in range(len(self.dataset)):
+            rec = self.dataset.record(i)
+            ok = checker.check(i, rec["qid"], rec["pids"], rec["labels"], rec["scores"])
+            if ok and rec["qid"] not in self.queries:
+                checker.fault(i, rec["qid"], "missing_query", "field 'qid' names no query of the collection")
+                ok = False
+            if ok:
+                valid.append(i)
+        skipped = checker.finish()
+        return np.asarray(valid, np.int64), skipped
+
+    # ------------------------------------------------------------------------------------------- order
+    @property
+    def num_examples(self) -> int:
+        """Valid records an epoch (over all hosts)."""
+        return len(self.valid)
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        with self._perm_lock:
+            perm = self._perm_cache.get(epoch)
+            if perm is None:
+                perm = (np.random.default_rng([self.config.seed, epoch]).permutation(self.valid)
+                        if self.config.shuffle else self.valid)
+                self._perm_cache = {epoch: perm}  # batches are built in step order: one epoch cached is enough
+            return perm
+
+    def record_indices(self, step: int) -> np.ndarray:
+        """Record indices of this host's batch at global ``step`` (-1: padding). int64 [host batch]."""
+        epoch, local = divmod(step, self.steps_per_epoch)
+        perm = self._perm(epoch)
+        pos = local * self.config.batch_size + self.process_index * self.host_batch + np.arange(self.host_batch)
+        return np.where(pos < len(perm), perm[np.minimum(pos, len(perm) - 1)], -1)
+
+    # ------------------------------------------------------------------------------------------- batches
+    def _example(self, record_index: int, epoch: int) -> tuple[str, list[str], np.ndarray, np.ndarray]:
+        cfg, n = self.config, self.config.num_candidates
+        rec = self.dataset.record(record_index)
+        teacher = combine_teachers(rec["scores"], cfg.teacher_combine, cfg.teacher_column)
+        rng = np.random.default_rng([cfg.seed, epoch, record_index]) if cfg.sampling == "random" else None
+        chosen = sample_candidates(rec["labels"], teacher, n, cfg.sampling, cfg.top_k, rng)
+        pids = [rec["pids"][i] for i in chosen]
+        texts = self.corpus.texts(pids)
+        scores = np.zeros(n, np.float32)
+        mask = np.zeros(n, np.float32)
+        scores[: len(chosen)] = teacher[chosen]
+        mask[: len(chosen)] = 1.0
+        texts += [texts[0]] * (n - len(chosen))  # fewer candidates than N: masked repeats of the positive
+        return self.queries.texts([rec["qid"]])[0], texts, scores, mask
+
+    def batch(self, step: int) -> dict:
+        """This host's batch at global ``step``: a pure function of (seed, step, host)."""
+        cfg = self.config
+        epoch = step // self.steps_per_epoch
+        index = self.record_indices(step)
+        queries, docs, scores, masks = [], [], [], []
+        for i in index:
+            # a padding slot repeats the first valid record (finite numbers, weight 0)
+            q, d, s, m = self._example(int(i) if i >= 0 else int(self.valid[0]), epoch)
+            queries.append(q)
+            docs.extend(d)
+            scores.append(s)
+            masks.append(m)
+        out = {"teacher_scores": np.stack(scores), "mask": np.stack(masks),
+               "weight": (index >= 0).astype(np.float32), "index": index.astype(np.int64)}
+        out.update(self._tokenize(queries, docs))
+        return out
+
+    def _tok(self):
+        # fast tokenizers are not safe to share across threads (Rust borrow errors): one copy per thread
+        tok = getattr(self._local, "tok", None)
+        if tok is None:
+            tok = self._local.tok = copy.deepcopy(self._tokenizer)
+        return tok
+
+    def _tokenize(self, queries: list[str], docs: list[str]) -> dict:
+        from distill_jax.data import tokenize as tk
+
+        cfg, tok = self.config, self._tok()
+        b, n = len(queries), cfg.num_candidates
+        shape = lambda d: {k: v.reshape(b, n, -1) for k, v in d.items()}  # noqa: E731
+        if cfg.model_kind == "cross_encoder":
+            pairs = tk.encode_pairs(tok, [q for q in queries for _ in range(n)], docs, cfg.pair_maxlen)
+            return {"pairs": shape(pairs)}
+        if cfg.model_kind == "colbert":
+            return {"query": tk.encode_colbert_queries(tok, queries, self.colbert),
+                    "docs": shape(tk.encode_colbert_documents(tok, docs, self.colbert))}
+        return {"query": tk.encode_texts(tok, queries, cfg.query_maxlen),
+                "docs": shape(tk.encode_texts(tok, docs, cfg.doc_maxlen))}
+
+    # ------------------------------------------------------------------------------------------- iteration
+    @property
+    def total_steps(self) -> int | None:
+        return None if self.config.num_epochs is None else self.config.num_epochs * self.steps_per_epoch
+
+    def state_fields(self) -> dict:
+        """The settings a saved position is only meaningful with."""
+        cfg = self.config
+        return {"seed": cfg.seed, "process_count": self.process_count, "process_index": self.process_index,
+                "fingerprint": self.dataset.fingerprint, "batch_size": cfg.batch_size,
+                "num_candidates": cfg.num_candidates, "sampling": cfg.sampling, "shuffle": cfg.shuffle,
+                "num_examples": self.num_examples}
+
+    def __iter__(self) -> LoaderIterator:
+        return LoaderIterator(self)
+
+
+class LoaderIterator:
+    """Iterator over a :class:`TrainLoader`'s batches with grain thread prefetch and a checkpointable state."""
+
+    def __init__(self, loader: TrainLoader):
+        import grain
+
+        self.loader = loader
+        stop = loader.total_steps if loader.total_steps is not None else sys.maxsize
+        cfg = loader.config
+        self._ds = grain.MapDataset.range(0, stop).map(loader.batch)
+        self._it = iter(self._ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
+                                                                    prefetch_buffer_size=cfg.prefetch)))
+        self.step = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self._it)
+        self.step += 1
+        return batch
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position (grain's state + the settings it depends on)."""
+        return {"step": self.step, "grain": self._it.get_state(), **self.loader.state_fields()}
+
+    def set_state(self, state: Mapping) -> None:
+        """Resumes at a saved position.
+
+        Raises:
+          ValueError: naming the first field (seed, process_count, fingerprint, ...) that differs.
+        """
+        for field, value in self.loader.state_fields().items():
+            if field not in state:
+                raise ValueError(f"loader state has no field {field!r}: it was not saved by this loader")
+            if state[field] != value:
+                raise ValueError(f"loader state mismatch in field {field!r}: saved {state[field]!r}, this "
+                                 f"loader has {value!r}; restore with the same data settings (or start the "
+                                 "data afresh)")
+        self._it.set_state(state["grain"])
+        self.step = int(state["step"])
