@@ -107,6 +107,9 @@ def test_cross_encoder_parity_with_sequence_classification(minilm_dir, tokenizer
     diff = float(np.abs(got - want).max())
     print(f"cross-encoder parity vs BertForSequenceClassification: max |diff| {diff:.3e}")
     assert diff < 1e-4
+    # A plain BertModel with a pooler (all-MiniLM-L6-v2) loads as a cross-encoder with a fresh classifier only.
+    _, fresh = load_pretrained("cross_encoder", minilm_dir)
+    np.testing.assert_array_equal(np.asarray(fresh["pooler"]["kernel"]), seq.bert.pooler.dense.weight.detach().numpy().T)
     # Any leading shape: [B, N, L] pairs give [B, N] logits, equal to the flat computation.
     grid = model.apply({"params": params}, {k: jnp.asarray(v).reshape(2, 2, -1) for k, v in batch.items()})
     np.testing.assert_allclose(np.asarray(grid).ravel(), got, atol=1e-6)

@@ -68,8 +68,9 @@ def param_table(kind: str, cfg: EncoderConfig, projection: bool = False) -> list
     """Every parameter of a model kind. ``projection``: the dense student has a projection layer."""
     rows = encoder_table(cfg)
     if kind == "cross_encoder":  # BertForSequenceClassification
-        rows += _linear(("pooler",), "pooler.dense", head="classification")
-        rows += _linear(("classifier",), "classifier", head="classification")
+        # Pooler and classifier are separate heads: a plain BertModel (e.g. all-MiniLM-L6-v2) has the pooler only.
+        rows += _linear(("pooler",), "pooler.dense", head="pooler")
+        rows += _linear(("classifier",), "classifier", head="classifier")
     elif kind == "colbert":  # Stanford HF_ColBERT / PyLate 1_Dense
         rows += _linear(("linear",), "linear", head="projection", bias=False)
     elif kind == "splade":  # BertForMaskedLM (decoder weight tied to the word embeddings)
