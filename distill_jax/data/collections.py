@@ -13,10 +13,13 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -56,25 +59,45 @@ def _get_id(path: str, lineno: int, obj: dict) -> str:
     return value
 
 
-def read_corpus(path: str) -> dict[str, tuple[str, str]]:
+EMPTY_DOC_POLICIES = ("raise", "skip", "keep")
+
+
+def read_corpus(path: str, on_empty: str = "raise") -> dict[str, tuple[str, str]]:
     """Reads ``corpus.jsonl[.gz]`` into ``{doc_id: (title, text)}`` (one streaming pass, one json.loads a line).
 
+    Args:
+      path: the file.
+      on_empty: a document whose title and text are both empty: "raise", "skip" (left out, counted in the log)
+        or "keep" (real collections have them: Cranfield's docs 471 and 995 are empty in the original; a
+        tokenizer then sees an empty passage).
+
     Raises:
-      DataError: malformed JSON, a missing/empty/duplicate ``_id``, or an empty passage (title and text both empty).
+      DataError: malformed JSON, a missing/empty/duplicate ``_id``, or (on_empty="raise") an empty passage.
     """
+    if on_empty not in EMPTY_DOC_POLICIES:
+        raise ValueError(f"on_empty={on_empty!r}: one of {EMPTY_DOC_POLICIES}")
     corpus: dict[str, tuple[str, str]] = {}
     first_line: dict[str, int] = {}
+    empty: list[str] = []
     for lineno, obj in _iter_jsonl(path):
         pid = _get_id(path, lineno, obj)
         title, text = str(obj.get("title") or ""), str(obj.get("text") or "")
         if not (title.strip() or text.strip()):
-            raise DataError(f"{path}:{lineno}: document {pid!r} has an empty title and text; remove it or fill it")
+            if on_empty == "raise":
+                raise DataError(f"{path}:{lineno}: document {pid!r} has an empty title and text; remove it, fill "
+                                "it, or read with on_empty='skip' (drop) / 'keep' (--empty-docs)")
+            empty.append(pid)
+            if on_empty == "skip":
+                continue
         if pid in corpus:
             raise DataError(
                 f"{path}:{lineno}: duplicate document id {pid!r} (first seen on line {first_line[pid]}); "
                 "ids must be unique: remove or rename one of them")
         corpus[pid] = (title, text)
         first_line[pid] = lineno
+    if empty:
+        log.warning("%s: %s %d empty documents (%s)", path, "skipped" if on_empty == "skip" else "kept",
+                    len(empty), ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""))
     if not corpus:
         raise DataError(f"{path}: no documents; is this the right file?")
     return corpus
@@ -182,15 +205,16 @@ def _find(folder: str, names: tuple[str, ...]) -> str:
     raise DataError(f"{folder}: none of {', '.join(names)} found; is this a BEIR folder?")
 
 
-def load_collection(folder: str, split: str | None = "train") -> Collection:
+def load_collection(folder: str, split: str | None = "train", on_empty: str = "raise") -> Collection:
     """Reads and validates a BEIR folder.
 
     Args:
       folder: holds corpus.jsonl[.gz], queries.jsonl[.gz] and qrels/<split>.tsv.
       split: the qrels split; its judged queries are kept (as BEIR's GenericDataLoader does). None: all
         queries and no qrels.
+      on_empty: documents with no text: "raise", "skip" or "keep" (see :func:`read_corpus`).
     """
-    corpus = read_corpus(_find(folder, ("corpus.jsonl", "corpus.jsonl.gz")))
+    corpus = read_corpus(_find(folder, ("corpus.jsonl", "corpus.jsonl.gz")), on_empty)
     queries = read_queries(_find(folder, ("queries.jsonl", "queries.jsonl.gz")))
     if split is None:
         return Collection(corpus, queries, {}, folder)
