@@ -1,18 +1,19 @@
-"""Relevance scores of students: late-interaction MaxSim (ColBERT) and vector dot products (SPLADE, dense).
+"""Relevance scores of students: late-interaction MaxSim (ColBERT), vector dot products (SPLADE, dense).
 
-Pure ``jax.numpy``, vectorised, masked, jit-compiled (static shapes: one compile per shape). Three families:
+Pure ``jax.numpy``, vectorised, masked, jit-compiled (static shapes: one compile per shape). Three
+families:
 
 - per-candidate: each query against its own N candidates -> [B, N] (distillation losses);
 - in-batch: every query against every document of the batch -> [B, M] (in-batch negatives);
 - corpus: every query against a whole corpus, scanned in chunks with a running top-k -> ([B, k], [B, k])
   (evaluation), never holding all [B, C, Lq, Ld] similarities.
 
-Masking convention (see docs/scoring.md). A query token with ``q_mask == 0`` contributes nothing. A document
-token with ``d_mask == 0`` is excluded from the max by filling its similarity with -inf *before* the max
-(as Stanford ColBERT and sentence-transformers v6 do), not multiplied by zero as PyLate does: with a zero
-fill, a masked token beats every genuinely negative similarity. A document with no unmasked token scores 0.
-Padded positions are also zeroed before the matmul, so garbage (even inf or NaN) there never reaches a score
-or a gradient. Accumulation is float32 whatever the input dtype (bf16 inputs are fine).
+Masking convention (see docs/scoring.md). A query token with ``q_mask == 0`` contributes nothing. A
+document token with ``d_mask == 0`` is excluded from the max by filling its similarity with -inf
+*before* the max (as Stanford ColBERT and sentence-transformers v6 do), not multiplied by zero as PyLate
+does: with a zero fill, a masked token beats every genuinely negative similarity. A document with no
+unmasked token scores 0. Padded positions are also zeroed before the matmul, so garbage (even inf or
+NaN) there never reaches a score or a gradient. Accumulation is float32 whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def _maxsim_reduce(sim: Array, q_mask: Array, d_mask: Array, normalize_by_query_
 
 
 @functools.partial(jax.jit, static_argnames="normalize_by_query_length")
-def maxsim(q: Array, q_mask: Array, d: Array, d_mask: Array, normalize_by_query_length: bool = False) -> Array:
+def maxsim(q: Array, q_mask: Array, d: Array, d_mask: Array,
+           normalize_by_query_length: bool = False) -> Array:
     """MaxSim of each query against its own N candidates.
 
     ``score[b, n] = sum_i q_mask[b, i] * max_{j: d_mask[b, n, j]} <q[b, i], d[b, n, j]>``.
@@ -66,7 +68,7 @@ def maxsim(q: Array, q_mask: Array, d: Array, d_mask: Array, normalize_by_query_
       q_mask: [B, Lq] 1 on scored query tokens.
       d: [B, N, Ld, D] candidate document token vectors.
       d_mask: [B, N, Ld] 1 on scored document tokens.
-      normalize_by_query_length: return the mean over scored query tokens instead of the sum (MeanMaxSim).
+      normalize_by_query_length: the mean over scored query tokens instead of the sum (MeanMaxSim).
 
     Returns:
       [B, N] float32 scores.
@@ -100,7 +102,7 @@ def maxsim_in_batch(q: Array, q_mask: Array, d: Array, d_mask: Array,
 
 @jax.jit
 def dot(q: Array, d: Array) -> Array:
-    """Dot product of each query vector with its own N candidate vectors (SPLADE [V] or dense [E] vectors).
+    """Dot product of each query vector with its own N candidates (SPLADE [V] or dense [E] vectors).
 
     Args:
       q: [B, V] query vectors.
@@ -131,16 +133,17 @@ sparse_dot = dense_dot = dot
 sparse_dot_in_batch = dense_dot_in_batch = dot_in_batch
 
 
-def _chunked_top_k(score_chunk: Callable[[Array, int], Array], n_queries: int, n_docs: int, chunk_size: int,
-                   k: int) -> tuple[Array, Array]:
+def _chunked_top_k(score_chunk: Callable[[Array, int], Array], n_queries: int, n_docs: int,
+                   chunk_size: int, k: int) -> tuple[Array, Array]:
     """Scans a corpus in chunks keeping a running top-k per query.
 
-    The corpus is never padded or copied: every chunk is a ``dynamic_slice`` of ``chunk`` documents, and the
-    last one slides back to end at ``n_docs``; the documents it re-reads were scored by the chunk before and
-    are set to -inf, so each document enters the top-k at most once.
+    The corpus is never padded or copied: every chunk is a ``dynamic_slice`` of ``chunk`` documents, and
+    the last one slides back to end at ``n_docs``; the documents it re-reads were scored by the chunk
+    before and are set to -inf, so each document enters the top-k at most once.
 
     Args:
-      score_chunk: ``(start, size) -> [B, size]`` float32 scores of documents ``start .. start + size - 1``.
+      score_chunk: ``(start, size) -> [B, size]`` float32 scores of documents ``start`` to
+        ``start + size - 1``.
       n_queries: B.
       n_docs: C, the corpus size.
       chunk_size: documents scored per step (bounds the working memory).
