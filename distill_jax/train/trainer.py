@@ -1,0 +1,423 @@
+"""The training loop, top to bottom: setup, mesh, data, model + optimiser, step, checkpoint, eval, loop.
+
+    distill-jax train configs/colbert_margin_mse.py --set workdir=runs/colbert data.dataset_dir=...
+
+Always resumes from ``workdir`` when it holds a checkpoint (model, optimiser, step, RNG and data position), so
+re-running the same command after a crash or a pre-emption continues the run exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from distill_jax.config import DataConfig, TrainConfig, load_config, to_dict, validate
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic data (tests and benchmarks): the batch contract with a learnable teacher
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class SyntheticBatches:
+    """Random token batches following the batch contract; teacher score = query/document token overlap.
+
+    Batch ``i`` is a pure function of ``(seed, i)``, so the iterator state is just the position, and every host
+    draws the same global batch and keeps its own rows. Lengths vary (padding is exercised), some negatives are
+    masked out, and candidate k shares fewer query tokens the larger k is, so a student can learn the teacher.
+
+    Args:
+      data: the data config (batch_size is GLOBAL; n_candidates, query_maxlen, doc_maxlen, pair_maxlen, seed).
+      kind: the model kind ("cross_encoder" gets ``pairs``, the others ``query``/``docs``).
+      vocab_size: token ids are drawn from [5, vocab_size) (0-4 are reserved: pad, cls, sep, mask, unk).
+      process_index, process_count: this host's share of each global batch.
+    """
+
+    PAD, CLS, SEP, MASK = 0, 1, 2, 3
+
+    def __init__(self, data: DataConfig, kind: str, vocab_size: int, process_index: int = 0,
+                 process_count: int = 1):
+        if data.batch_size % process_count:
+            raise ValueError(f"global batch {data.batch_size} is not divisible by {process_count} hosts")
+        self.data, self.kind, self.vocab = data, kind, vocab_size
+        self.rows = slice(process_index * data.batch_size // process_count,
+                          (process_index + 1) * data.batch_size // process_count)
+        self.position = 0
+
+    def get_state(self) -> dict[str, Any]:
+        return {"kind": "synthetic", "seed": self.data.seed, "position": self.position}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "synthetic" or state.get("seed") != self.data.seed:
+            raise ValueError(f"data iterator state {state} does not belong to a synthetic loader with seed "
+                             f"{self.data.seed}")
+        self.position = int(state["position"])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = self.global_batch(self.position)
+        self.position += 1
+        return {k: (v[self.rows] if isinstance(v, np.ndarray) else {n: a[self.rows] for n, a in v.items()})
+                for k, v in batch.items()}
+
+    def global_batch(self, i: int) -> dict[str, Any]:
+        d = self.data
+        b, n, lq, ld = d.batch_size, d.n_candidates, d.query_maxlen, d.doc_maxlen
+        rng = np.random.default_rng([d.seed, i])
+        q_len = rng.integers(max(2, lq // 2), lq + 1, size=b)
+        d_len = rng.integers(max(2, ld // 2), ld + 1, size=(b, n))
+        q_ids = rng.integers(5, self.vocab, size=(b, lq))
+        docs = rng.integers(5, self.vocab, size=(b, n, ld))
+        # Candidate k copies a share of the query's tokens that falls with k: a graded, learnable relevance.
+        share = np.clip(0.8 - 0.7 * np.arange(n) / max(n - 1, 1) + rng.normal(0, 0.1, (b, n)), 0.0, 1.0)
+        take = rng.random((b, n, ld)) < share[..., None] * 0.5
+        src = rng.integers(0, lq, size=(b, n, ld)) % q_len[:, None, None]
+        docs = np.where(take, np.take_along_axis(np.broadcast_to(q_ids[:, None, :], (b, n, lq)), src, axis=2), docs)
+        q_att = (np.arange(lq)[None] < q_len[:, None]).astype(np.int32)
+        d_att = (np.arange(ld)[None, None] < d_len[..., None]).astype(np.int32)
+        q_ids = np.where(q_att > 0, q_ids, self.PAD).astype(np.int32)
+        docs = np.where(d_att > 0, docs, self.PAD).astype(np.int32)
+        q_ids[:, 0], docs[..., 0] = self.CLS, self.CLS
+        overlap = np.array([[np.isin(docs[r, c, :d_len[r, c]], q_ids[r, 1:q_len[r]]).mean()
+                             for c in range(n)] for r in range(b)])
+        teacher = (10.0 * overlap + rng.normal(0, 0.1, (b, n))).astype(np.float32)
+        mask = np.ones((b, n), np.float32)
+        if n > 2:
+            mask[:, -1] = rng.random(b) > 0.25  # some queries have one candidate fewer
+        out: dict[str, Any] = {"teacher_scores": teacher, "mask": mask, "weight": np.ones((b,), np.float32),
+                               "index": (i * b + np.arange(b)).astype(np.int64)}
+        if self.kind == "cross_encoder":
+            lp = d.pair_maxlen
+            ids = np.zeros((b, n, lp), np.int32)
+            types = np.zeros_like(ids)
+            for r in range(b):
+                for c in range(n):
+                    seq = [self.CLS, *q_ids[r, 1:q_len[r]], self.SEP]
+                    nq = len(seq)
+                    seq += [*docs[r, c, 1:d_len[r, c]], self.SEP]
+                    seq = seq[:lp - 1] + [self.SEP] if len(seq) > lp else seq
+                    ids[r, c, :len(seq)] = seq
+                    types[r, c, nq:len(seq)] = 1
+            out["pairs"] = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int32), "token_type_ids": types}
+        else:
+            out["query"] = {"input_ids": q_ids, "attention_mask": q_att, "score_mask": q_att.copy()}
+            out["docs"] = {"input_ids": docs, "attention_mask": d_att, "score_mask": d_att.copy()}
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def make_loader(cfg: TrainConfig, vocab_size: int):
+    """This host's batch iterator (with ``get_state``/``set_state``) for ``cfg.data``."""
+    import jax
+
+    d = cfg.data
+    if d.source == "synthetic":
+        return SyntheticBatches(d, cfg.model.kind, vocab_size, jax.process_index(), jax.process_count())
+    from distill_jax.data.collections import TextTable, load_collection
+    from distill_jax.data.pipeline import LoaderConfig, TrainLoader
+    from distill_jax.data.tokenize import load_tokenizer
+
+    collection = load_collection(d.collection_dir, split=None)
+    tok = load_tokenizer(tokenizer_path(cfg))
+    loader_cfg = LoaderConfig(batch_size=d.batch_size, num_candidates=d.n_candidates, model_kind=cfg.model.kind,
+                              query_maxlen=d.query_maxlen, doc_maxlen=d.doc_maxlen, pair_maxlen=d.pair_maxlen,
+                              seed=d.seed, **d.options)
+    loader = TrainLoader(d.dataset_dir, TextTable.from_collection(collection), collection.queries, tok, loader_cfg)
+    return iter(loader)
+
+
+def tokenizer_path(cfg: TrainConfig) -> str:
+    from distill_jax.train.state import resolve_checkpoint
+
+    path = cfg.data.tokenizer or cfg.model.checkpoint
+    if not path:
+        raise ValueError("no tokenizer: set data.tokenizer (or model.checkpoint, whose tokenizer is used)")
+    return resolve_checkpoint(path)
+
+
+def _device_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch without host-only fields (the record ``index`` is for exactly-once checks, not the step)."""
+    return {k: v for k, v in batch.items() if k != "index"}
+
+
+def _check_ids(batch: dict[str, Any], vocab_size: int) -> None:
+    from distill_jax.models import check_token_ids
+
+    for group in ("query", "docs", "pairs"):
+        if group in batch:
+            ids = batch[group]["input_ids"]
+            check_token_ids(ids.reshape(-1, ids.shape[-1]), vocab_size, f"{group}.input_ids")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation: rerank held-out candidates, nDCG@10 through distill_jax.evaluate
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class RerankValidator:
+    """Reranks the top-``depth`` BM25 candidates of held-out queries with the current parameters.
+
+    Tokenisation happens once; each call runs the jitted deterministic scorer over fixed-shape chunks of queries
+    (the last chunk padded, so one compile) and returns ``evaluate_run`` metrics.
+    """
+
+    def __init__(self, cfg: TrainConfig, model, mesh):
+        import jax
+
+        from distill_jax.data.collections import load_collection
+        from distill_jax.data.tokenize import load_tokenizer
+        from distill_jax.train.step import make_score_fn
+
+        e, d = cfg.eval, cfg.data
+        folder = e.collection_dir or d.collection_dir
+        col = load_collection(folder, split=e.split)
+        qids = sorted(col.queries)[: e.max_queries or None]
+        self.qrels = {q: col.qrels[q] for q in qids}
+        doc_ids, texts = col.passages()
+        from distill_jax.data.negatives import bm25_search
+
+        run = bm25_search(doc_ids, texts, {q: col.queries[q] for q in qids}, k=e.depth)
+        text = dict(zip(doc_ids, texts))
+        self.depth = e.depth
+        self.kind = cfg.model.kind
+        self.cands = {q: [p for p, _ in run.get(q, [])][: e.depth] for q in qids}
+        self.qids = [q for q in qids if self.cands[q]]
+        n_dev = mesh.devices.size
+        self.chunk = max(n_dev, (max(1, e.batch_size // e.depth) + n_dev - 1) // n_dev * n_dev)
+        tok = load_tokenizer(tokenizer_path(cfg))
+        queries = [col.queries[q] for q in self.qids]
+        docs = [[text[p] for p in self.cands[q]] for q in self.qids]
+        self.batch = _tokenize_queries_docs(tok, cfg, queries, docs, e.depth)
+        self.mask = np.array([[1.0] * len(self.cands[q]) + [0.0] * (e.depth - len(self.cands[q]))
+                              for q in self.qids], np.float32)
+        self.score = make_score_fn(model, self.kind, mesh)
+        self.mesh = mesh
+        self.measures = tuple(e.metrics)
+        self._jax = jax
+
+    def __call__(self, params) -> dict[str, float]:
+        from distill_jax import distributed
+        from distill_jax.evaluate import evaluate_run
+
+        n = len(self.qids)
+        scores = []
+        for start in range(0, n, self.chunk):
+            idx = np.arange(start, start + self.chunk) % n  # wrap: pad the last chunk with real rows
+            part = self._jax.tree.map(lambda x: x[idx], self.batch)
+            s = self.score(params, distributed.global_batch(part, self.mesh))
+            scores.append(np.asarray(self._jax.device_get(s))[: min(self.chunk, n - start)])
+        scores = np.concatenate(scores)
+        run = {q: {p: float(scores[i, j]) for j, p in enumerate(self.cands[q])} for i, q in enumerate(self.qids)}
+        return evaluate_run(self.qrels, run, self.measures)
+
+
+def _tokenize_queries_docs(tok, cfg: TrainConfig, queries: list[str], docs: list[list[str]], n: int) -> dict:
+    """Contract-shaped token dicts for queries and their (padded to ``n``) candidate lists."""
+    from distill_jax.data import tokenize as tk
+    from distill_jax.models import ColBERTConfig
+
+    d = cfg.data
+    flat = [(lst + [""] * (n - len(lst)))[:n] for lst in docs]
+    flat = [t if t else "[PAD]" for lst in flat for t in lst]  # empty slots: any text, masked out by ``mask``
+    b = len(queries)
+    shape = lambda t: {k: v.reshape(b, n, -1) for k, v in t.items()}  # noqa: E731
+    if cfg.model.kind == "cross_encoder":
+        return {"pairs": shape(tk.encode_pairs(tok, [q for q in queries for _ in range(n)], flat, d.pair_maxlen))}
+    if cfg.model.kind == "colbert":
+        c = ColBERTConfig(dim=cfg.model.colbert_dim, query_maxlen=d.query_maxlen, doc_maxlen=d.doc_maxlen)
+        return {"query": tk.encode_colbert_queries(tok, queries, c),
+                "docs": shape(tk.encode_colbert_documents(tok, flat, c))}
+    return {"query": tk.encode_texts(tok, queries, d.query_maxlen),
+            "docs": shape(tk.encode_texts(tok, flat, d.doc_maxlen))}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, mesh=None) -> dict[str, Any]:
+    """Runs (or resumes) ``cfg`` to ``cfg.steps``.
+
+    Returns:
+      ``{"state", "losses" {step: loss}, "compiles" (of the train step), "start_step", "last_metrics",
+      "validation"}``.
+    """
+    import jax
+    from tqdm import tqdm
+
+    from distill_jax import distributed
+    from distill_jax.train import checkpoint as ckpt_lib
+    from distill_jax.train import state as state_lib
+    from distill_jax.train.metrics import MetricWriter
+    from distill_jax.train.step import compile_train_step
+
+    validate(cfg)
+    primary = jax.process_index() == 0
+
+    # --- mesh ------------------------------------------------------------------------------------------------
+    mesh = mesh or distributed.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    distributed.check_batch_divisibility(cfg.data.batch_size, mesh, cfg.optim.grad_accum)
+
+    # --- model + optimiser, state born sharded ------------------------------------------------------------------
+    model, enc, pretrained = state_lib.make_model(cfg)
+    schedule = state_lib.learning_rate_schedule(cfg.optim, cfg.steps)
+    tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
+    state, shardings = state_lib.create_state(model, tx, mesh, cfg.seed, pretrained)
+    del pretrained
+    if primary:
+        log.info("%s: %s student, %.1fM parameters, mesh %s", cfg.name, cfg.model.kind,
+                 state_lib.count_params(state.params) / 1e6, dict(mesh.shape))
+
+    # --- data --------------------------------------------------------------------------------------------------
+    loader = make_loader(cfg, enc.vocab_size)
+
+    # --- checkpoints: resume from the work directory -----------------------------------------------------------
+    os.makedirs(cfg.workdir, exist_ok=True)
+    meta = {"config": to_dict(cfg), "versions": _versions()}
+    ckpt = ckpt_lib.Checkpointer(os.path.join(cfg.workdir, "checkpoints"), cfg.checkpoint, meta)
+    start = 0
+    if ckpt.latest_step() is not None:
+        state, data_state, start = ckpt.restore(ckpt_lib.abstract_like(state, shardings))
+        loader.set_state(data_state)
+        if primary:
+            log.info("resumed from %s at step %d", cfg.workdir, start)
+    if primary:
+        with open(os.path.join(cfg.workdir, "config.json"), "w") as f:
+            json.dump(to_dict(cfg), f, indent=1)
+
+    # --- step, validation, metrics -----------------------------------------------------------------------------
+    train_step = compile_train_step(model, cfg, tx, mesh, shardings, schedule)
+    validator = RerankValidator(cfg, model, mesh) if cfg.eval.every_steps else None
+    writer = MetricWriter(cfg.workdir, tensorboard=cfg.tensorboard, enabled=primary)
+
+    losses: dict[int, float] = {}
+    last: dict[str, float] = {}
+    window: list[dict[str, float]] = []
+    val_metrics: dict[str, float] | None = None
+    t_window = time.perf_counter()
+
+    def consume(step_done: int, metrics) -> None:
+        """Host side of step ``step_done`` (1-based): non-finite policy, logging. Called one step late, so
+        fetching the metrics of step t overlaps the device running step t+1."""
+        nonlocal t_window, last
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        losses[step_done] = m["loss"]
+        if m["nonfinite"] and cfg.optim.nonfinite == "raise":
+            ckpt.wait()
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {step_done} (loss={m['loss']}, grad_norm={m['grad_norm']}); "
+                f"the update was not applied. Lower optim.learning_rate, check the data, or set "
+                f"optim.nonfinite=skip. Last checkpoint: step {ckpt.latest_step()} in {cfg.workdir}")
+        window.append(m)
+        if step_done % cfg.log_every == 0 or step_done == cfg.steps:
+            dt = max(time.perf_counter() - t_window, 1e-9)
+            row = {k: float(np.mean([w[k] for w in window])) for k in window[-1]
+                   if k not in ("examples", "tokens", "spearman_queries", "skipped")}
+            row["loss_mean"] = row["loss"]
+            row["loss"] = m["loss"]  # the step's own loss (bit-exact resume checks read it)
+            row.update(skipped=m["skipped"], examples_per_s=sum(w["examples"] for w in window) / dt,
+                       tokens_per_s=sum(w["tokens"] for w in window) / dt)
+            writer.write(step_done, row)
+            last = row
+            window.clear()
+            t_window = time.perf_counter()
+
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and primary), desc=cfg.name,
+               dynamic_ncols=True)
+    pending = None
+    step = start
+    try:
+        while step < cfg.steps:
+            batch = next(loader)
+            _check_ids(batch, enc.vocab_size)
+            state, metrics = train_step(state, distributed.global_batch(_device_batch(batch), mesh))
+            step += 1
+            if pending is not None:
+                consume(*pending)
+            pending = (step, metrics)
+            bar.update(1)
+            if step % cfg.log_every == 0 and last:
+                bar.set_postfix(loss=f"{last['loss']:.4f}", rho=f"{last.get('spearman', 0):.3f}")
+            evaluate_now = validator is not None and (step % cfg.eval.every_steps == 0 or step == cfg.steps)
+            save_now = (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or step == cfg.steps
+            if evaluate_now or save_now:
+                consume(*pending)  # never checkpoint past an unseen non-finite step
+                pending = None
+            if evaluate_now:
+                val_metrics = validator(state.params)
+                writer.write(step, val_metrics, prefix="val/")
+                if primary:
+                    log.info("step %d validation: %s", step, val_metrics)
+            if save_now:
+                has_metric = val_metrics is not None and cfg.checkpoint.best_metric in val_metrics and evaluate_now
+                ckpt.save(step, state, loader.get_state(),
+                          metrics={cfg.checkpoint.best_metric: val_metrics[cfg.checkpoint.best_metric]}
+                          if has_metric else None)
+        if pending is not None:
+            consume(*pending)
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+    return {"state": state, "losses": losses, "compiles": train_step._cache_size(), "start_step": start,
+            "last_metrics": last, "validation": val_metrics}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def cli_main(argv: list[str]) -> int:
+    """``distill-jax train CONFIG[:VARIANT] [--set key=value ...]``."""
+    parser = argparse.ArgumentParser(prog="distill-jax train", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="a config file, e.g. configs/colbert_margin_mse.py (or ...py:tiny)")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config fields, e.g. --set optim.learning_rate=1e-5 steps=100")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it renames at INFO
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (KeyError, ValueError, FileNotFoundError, TypeError, AttributeError) as e:
+        print(f"distill-jax train: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=1))
+        return 0
+    from distill_jax import distributed
+
+    distributed.initialize_if_multihost()
+    result = train(cfg)
+    if result["last_metrics"]:
+        print(json.dumps({"step": cfg.steps, **result["last_metrics"]}))
+    return 0
