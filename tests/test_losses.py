@@ -92,6 +92,52 @@ def ref_infonce(s, t, m, temperature=1.0, in_batch_scores=None, in_batch_mask=No
     return np.mean(rows)
 
 
+def ref_plackett_luce(s, t, m, temperature=1.0, positive_first=True):
+    rows = []
+    for b in range(s.shape[0]):
+        real = np.flatnonzero(m[b])
+        if real.size == 0:
+            continue
+        ss, ts = s[b, real] / temperature, t[b, real] / temperature
+        weights = np.exp(np_log_softmax(ts))
+        order = list(np.argsort(-ts, kind="stable"))
+        if positive_first and m[b, 0]:
+            order.remove(0)
+            order = [0] + order  # real[0] == 0: the positive
+        total = 0.0
+        for k, item in enumerate(order):
+            rest = ss[order[k:]]
+            total += weights[item] * (np.log(np.sum(np.exp(rest - rest.max()))) + rest.max() - ss[item])
+        rows.append(total)
+    return np.mean(rows)
+
+
+def ref_cprd(s, t, m, num_hard_negatives=8, temperature=1.0):
+    rows = []
+    for b in range(s.shape[0]):
+        negatives = [k for k in np.flatnonzero(m[b]) if k != 0]
+        if not negatives:
+            continue
+        ranked = sorted(negatives, key=lambda k: -t[b, k])
+        hard = min(num_hard_negatives, len(ranked))
+        terms = [-np_log_softmax(s[b, ranked[r:]] / temperature)[0] for r in range(hard)]
+        rows.append(np.mean(terms))
+    return np.mean(rows)
+
+
+def ref_graded_bce(s, t, m, teacher_scale=1.0, teacher_shift=0.0, student_scale=1.0, student_bias=0.0,
+                   in_batch_scores=None, in_batch_mask=None):
+    terms = []
+    for b, k in zip(*np.nonzero(m)):
+        y = 1 / (1 + np.exp(-(teacher_scale * t[b, k] + teacher_shift)))
+        z = student_scale * s[b, k] + student_bias
+        terms.append(y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z))
+    if in_batch_scores is not None:
+        for b, k in zip(*np.nonzero(in_batch_mask)):
+            terms.append(np.logaddexp(0, student_scale * in_batch_scores[b, k] + student_bias))  # target 0
+    return np.mean(terms)
+
+
 # name -> (hyperparameters, reference); every registered score loss must appear here (test_every_loss_has_a_reference)
 CASES = {
     "margin_mse": ({}, ref_margin_mse),
@@ -109,7 +155,19 @@ CASES = {
     "listnet/T": ({"temperature": 0.7}, functools.partial(ref_listnet, temperature=0.7)),
     "infonce": ({}, ref_infonce),
     "infonce/T": ({"temperature": 0.05}, functools.partial(ref_infonce, temperature=0.05)),
+    "plackett_luce": ({}, ref_plackett_luce),
+    "plackett_luce/T": ({"temperature": 2.0, "positive_first": False},
+                        functools.partial(ref_plackett_luce, temperature=2.0, positive_first=False)),
+    "cprd": ({}, ref_cprd),
+    "cprd/k2": ({"num_hard_negatives": 2, "temperature": 0.5},
+                functools.partial(ref_cprd, num_hard_negatives=2, temperature=0.5)),
+    "graded_bce": ({}, ref_graded_bce),
+    "graded_bce/scaled": ({"teacher_scale": 0.5, "teacher_shift": -1.0, "student_scale": 3.0, "student_bias": 0.2},
+                          functools.partial(ref_graded_bce, teacher_scale=0.5, teacher_shift=-1.0, student_scale=3.0,
+                                            student_bias=0.2)),
 }
+# Losses over representations, not [B, N] scores: tested on their own below.
+NOT_SCORE_LOSSES = {"embedding_alignment", "mlm"}
 
 
 def loss_of(case):
@@ -132,7 +190,7 @@ def random_batch(seed=0, b=6, n=7, dtype=np.float64):
 
 
 def test_every_loss_has_a_reference():
-    assert set(loss_registry.names()) <= {case.split("/")[0] for case in CASES}
+    assert set(loss_registry.names()) - NOT_SCORE_LOSSES == {case.split("/")[0] for case in CASES}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -191,7 +249,8 @@ def test_finite_gradients_extreme_logits_and_empty_rows(case):
     assert value == 0 and all(np.all(np.asarray(g) == 0) for g in grads)
 
 
-@pytest.mark.parametrize("case", ["margin_mse", "margin_mse/all_pairs", "kl", "kl/T", "kl/Tt", "listnet", "mse"])
+@pytest.mark.parametrize("case", ["margin_mse", "margin_mse/all_pairs", "kl", "kl/T", "kl/Tt", "listnet", "mse",
+                                  "plackett_luce", "cprd"])
 def test_teacher_shift_invariance(case):
     """Margin-MSE and KL (and ListNet) see only teacher differences within a query; pointwise MSE does not."""
     s, t, m = random_batch(5)
@@ -344,3 +403,91 @@ def test_bad_shapes_fail_early_with_a_message():
         L.margin_mse(s, t[:, :3], m)
     with pytest.raises(ValueError, match=r"\[B, N\]"):
         L.kl(s[0], t[0], m[0])
+
+
+def test_graded_bce_in_batch_matches_reference(x64):
+    s, t, m = random_batch(12)
+    b, n = s.shape
+    full = np.random.default_rng(12).normal(size=(b, b * n))
+    ib_mask = np.asarray(L.in_batch_negative_mask(m, b))
+    got = L.graded_bce(s, t, m, teacher_scale=0.3, in_batch_scores=full, in_batch_mask=ib_mask)
+    np.testing.assert_allclose(got, ref_graded_bce(s, t, m, 0.3, in_batch_scores=full, in_batch_mask=ib_mask),
+                               rtol=1e-6)
+
+
+def test_plackett_luce_positive_first_is_teacher_weighted_cross_entropy_for_two_items(x64):
+    """With two candidates PLD is w_pos * CE(positive) (the second step is log 1 = 0)."""
+    s = np.array([[0.3, 1.2]])
+    t = np.array([[-1.0, 2.0]])
+    w_pos = np.exp(-1.0) / (np.exp(-1.0) + np.exp(2.0))
+    expected = w_pos * -np_log_softmax(s[0])[0]
+    np.testing.assert_allclose(L.plackett_luce(s, t, None), expected, rtol=1e-12)
+
+
+def test_cprd_ignores_the_positive_and_score_values(x64):
+    s, t, m = random_batch(13)
+    base = L.cprd(s, t, m, num_hard_negatives=3)
+    moved = s.copy()
+    moved[:, 0] += 50.0  # the positive is not part of the distilled order
+    np.testing.assert_allclose(L.cprd(moved, t, m, num_hard_negatives=3), base, rtol=1e-12)
+    monotone = np.sign(t) * np.abs(t) ** 3 + 7.0  # same order per query, different values
+    np.testing.assert_allclose(L.cprd(s, monotone, m, num_hard_negatives=3), base, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# representation losses: embedding alignment, MLM
+# ----------------------------------------------------------------------------------------------------------------
+
+def ref_alignment(se, te, rows, metric):
+    se, te = se[rows], te[rows]
+    if metric == "mse":
+        return np.mean((se - te) ** 2)
+    cos = np.sum(se * te, 1) / (np.linalg.norm(se, axis=1) * np.linalg.norm(te, axis=1))
+    return np.mean(1 - cos)
+
+
+@pytest.mark.parametrize("metric", ["mse", "cosine"])
+def test_embedding_alignment(metric, x64):
+    rng = np.random.default_rng(14)
+    se, te = rng.normal(size=(5, 16)), rng.normal(size=(5, 16))
+    rows = np.array([1, 0, 1, 1, 0], bool)
+    loss = functools.partial(L.embedding_alignment, metric=metric)
+    np.testing.assert_allclose(loss(se, te, rows), ref_alignment(se, te, rows, metric), rtol=1e-6)
+    np.testing.assert_allclose(loss(se, te), ref_alignment(se, te, np.ones(5, bool), metric), rtol=1e-6)
+    check_grads(jax.jit(lambda x: loss(x, te, rows)), (se,), order=1, modes=["rev"], eps=1e-5)
+    garbage = se.copy()
+    garbage[~rows] = np.inf
+    value, grad = jax.value_and_grad(loss)(garbage, te, rows)
+    np.testing.assert_allclose(value, ref_alignment(se, te, rows, metric), rtol=1e-6)
+    assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~rows] == 0)
+    zero = np.zeros_like(se)  # a dead student embedding: finite gradient
+    assert np.all(np.isfinite(jax.grad(loss)(zero, te, rows)))
+    np.testing.assert_allclose(jax.jit(jax.vmap(loss))(np.stack([se, te]), np.stack([te, se]), np.stack([rows, rows])),
+                               [ref_alignment(se, te, rows, metric), ref_alignment(te, se, rows, metric)], rtol=1e-6)
+    with pytest.raises(ValueError, match="metric"):
+        L.embedding_alignment(se, te, metric="l2")
+
+
+def test_mlm_cross_entropy(x64):
+    rng = np.random.default_rng(15)
+    logits = rng.normal(size=(3, 6, 11)) * 4
+    labels = rng.integers(0, 11, size=(3, 6))
+    labels[rng.random((3, 6)) < 0.5] = -100
+    labels[0, 0] = 4
+    expected = np.mean([-np_log_softmax(logits[b, i])[labels[b, i]] for b, i in zip(*np.nonzero(labels != -100))])
+    np.testing.assert_allclose(L.mlm(logits, labels), expected, rtol=1e-6)
+    garbage = logits.copy()
+    garbage[labels == -100] = np.nan
+    value, grad = jax.value_and_grad(L.mlm)(garbage, labels)
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    assert np.all(np.asarray(grad)[labels == -100] == 0) and np.all(np.isfinite(grad))
+    attention = np.ones((3, 6), bool)
+    attention[:, -2:] = False
+    keep = (labels != -100) & attention
+    expected_masked = np.mean([-np_log_softmax(logits[b, i])[labels[b, i]] for b, i in zip(*np.nonzero(keep))])
+    np.testing.assert_allclose(L.mlm(logits, labels, attention), expected_masked, rtol=1e-6)
+    assert float(L.mlm(logits, np.full((3, 6), -100))) == 0.0
+    np.testing.assert_allclose(L.mlm(logits.astype(np.float32) * 2500, labels), L.mlm(logits * 2500, labels),
+                               rtol=1e-5)  # logits ~1e4: float32 still agrees
+    batched = jax.jit(jax.vmap(L.mlm))(np.stack([logits, logits]), np.stack([labels, labels]))
+    np.testing.assert_allclose(batched, [expected, expected], rtol=1e-6)
