@@ -93,7 +93,7 @@ def test_maxsim_in_batch_matches_float64_reference(colbert_batch, normalize):
 
 
 def test_masked_document_tokens_are_excluded_not_zeroed():
-    # Real similarities are all -1; PyLate's multiplicative mask (zero fill) would give 0 per query token.
+    # Real similarities are all -1; PyLate's multiplicative mask (zero fill) would give 0 per token.
     D = 4
     q = np.zeros((1, 2, D), np.float32)
     q[0, :, 0] = 1.0
@@ -209,6 +209,12 @@ def test_dot_corpus_equals_brute_force_top_k():
     got_s, got_i = scoring.dot_corpus(q, corpus, chunk_size=10, k=9)
     np.testing.assert_array_equal(got_i, ref_i)
     assert_close(got_s, ref_s)
+
+
+def test_corpus_ties_keep_the_lower_index_first():
+    q, corpus = np.ones((2, 4), np.float32), np.ones((11, 4), np.float32)
+    _, idx = scoring.dot_corpus(q, corpus, chunk_size=3, k=7)
+    np.testing.assert_array_equal(idx, np.tile(np.arange(7), (2, 1)))
 
 
 def test_corpus_rejects_impossible_k():
