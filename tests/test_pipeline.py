@@ -1,0 +1,263 @@
+"""Training loader: exactly-once over 4 simulated hosts, determinism, resume in a new process, state mismatch,
+teacher combination and sampling against numpy references, tokenisation per model kind, bad records."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from distill_jax.data import teacher_scores as ts
+from distill_jax.data.collections import DataError, TextTable
+from distill_jax.data.pipeline import LoaderConfig, TrainLoader, combine_teachers, sample_candidates
+
+R = 37  # records: a prime, so every batch size leaves a remainder
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
+
+
+def _corpus_queries(seed=0):
+    rng = np.random.default_rng(seed)
+    corpus = {f"p{i}": " ".join(rng.choice(WORDS, 10)) for i in range(120)}
+    queries = {f"q{i}": " ".join(rng.choice(WORDS, 3)) for i in range(R)}
+    return corpus, queries
+
+
+def _write(out, records, shards=3, teachers=("a", "b"), validate=True):
+    bounds = np.linspace(0, len(records), shards + 1).astype(int)
+    for i in range(shards):
+        ts.write_teacher_scores(records[bounds[i]:bounds[i + 1]], out, i, shards, list(teachers),
+                                validate=validate)
+    return out
+
+
+def _records(seed=0, m=10):
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(R):
+        pids = [f"p{j}" for j in rng.choice(120, m - (i % 3), replace=False)]  # 8..10 candidates
+        labels = np.zeros(len(pids), np.int32)
+        labels[rng.choice(len(pids), 1 + (i % 2), replace=False)] = 1
+        recs.append(ts.make_record(f"q{i}", pids, labels, rng.normal(size=(len(pids), 2)) * [1.0, 5.0]))
+    return recs
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, minilm_dir):
+    from distill_jax.data.tokenize import load_tokenizer
+
+    out = _write(str(tmp_path_factory.mktemp("ds") / "ds"), _records())
+    corpus, queries = _corpus_queries()
+    return {"path": out, "corpus": TextTable.from_mapping(corpus), "corpus_dict": corpus, "queries": queries,
+            "tok": load_tokenizer(minilm_dir), "records": _records()}
+
+
+def _loader(data, pi=0, pc=1, **kw):
+    cfg = dict(batch_size=8, num_candidates=4, model_kind="dense", query_maxlen=8, doc_maxlen=16, num_epochs=2,
+               num_threads=2, prefetch=2)
+    cfg.update(kw)
+    return TrainLoader(data["path"], data["corpus"], data["queries"], data["tok"], LoaderConfig(**cfg),
+                       process_index=pi, process_count=pc)
+
+
+def _equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], dict):
+            _equal(a[k], b[k])
+        else:
+            assert a[k].dtype == b[k].dtype
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_exactly_once_over_four_hosts(data):
+    hosts = [list(_loader(data, pi, 4, sampling="random", top_k=5)) for pi in range(4)]
+    steps_per_epoch = -(-R // 8)  # 5
+    assert [len(h) for h in hosts] == [2 * steps_per_epoch] * 4  # every host: the same number of steps
+    orders = []
+    for epoch in range(2):
+        seen, padding = [], 0
+        for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
+            for h in hosts:
+                b = h[step]
+                assert b["index"].shape == (2,) and b["weight"].shape == (2,)
+                real = b["index"] >= 0
+                np.testing.assert_array_equal(b["weight"], real.astype(np.float32))
+                seen += b["index"][real].tolist()
+                padding += int((~real).sum())
+                assert np.isfinite(b["teacher_scores"]).all() and (b["mask"][:, 0] == 1).all()
+        assert sorted(seen) == list(range(R)) and padding == 40 - R
+        orders.append(seen)
+    assert orders[0] != orders[1]  # a new shuffle every epoch
+
+
+def test_same_seed_same_batches_and_new_seed_differs(data):
+    a = list(_loader(data, 1, 2, sampling="random"))
+    b = list(_loader(data, 1, 2, sampling="random"))
+    for x, y in zip(a, b, strict=True):
+        _equal(x, y)
+    c = list(_loader(data, 1, 2, sampling="random", seed=1))
+    assert any((x["index"] != y["index"]).any() for x, y in zip(a, c))
+
+
+def test_resume_in_a_new_process(data, tmp_path):
+    k = 3
+    it = iter(_loader(data, 2, 4, sampling="random", top_k=6, num_epochs=None))
+    for _ in range(k):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(8)]  # crosses the epoch boundary (5 steps an epoch)
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        from distill_jax.data.collections import TextTable
+        from distill_jax.data.pipeline import LoaderConfig, TrainLoader
+        from distill_jax.data.tokenize import load_tokenizer
+        corpus = json.load(open(sys.argv[1]))
+        queries = json.load(open(sys.argv[2]))
+        cfg = LoaderConfig(batch_size=8, num_candidates=4, model_kind="dense", query_maxlen=8, doc_maxlen=16,
+                           sampling="random", top_k=6, num_threads=2, prefetch=2)
+        loader = TrainLoader({data['path']!r}, TextTable.from_mapping(corpus), queries,
+                             load_tokenizer({data['tok'].name_or_path!r}), cfg, process_index=2, process_count=4)
+        it = iter(loader)
+        it.set_state(json.load(open(sys.argv[3])))
+        out = {{}}
+        for i in range(8):
+            b = next(it)
+            out.update({{f"{{i}}/{{k}}": v for k, v in b.items() if not isinstance(v, dict)}})
+            out.update({{f"{{i}}/{{k}}/{{kk}}": vv for k, v in b.items() if isinstance(v, dict) for kk, vv in v.items()}})
+        np.savez(sys.argv[4], **out)
+    """)
+    (tmp_path / "corpus.json").write_text(json.dumps(data["corpus_dict"]))
+    (tmp_path / "queries.json").write_text(json.dumps(data["queries"]))
+    (tmp_path / "resume.py").write_text(script)
+    env = dict(os.environ, PYTHONHASHSEED="123")
+    subprocess.run([sys.executable, str(tmp_path / "resume.py"), str(tmp_path / "corpus.json"),
+                    str(tmp_path / "queries.json"), str(tmp_path / "state.json"), str(tmp_path / "out.npz")],
+                   check=True, env=env, timeout=120)
+    got = np.load(tmp_path / "out.npz")
+    for i, b in enumerate(expected):
+        for key, v in b.items():
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):
+                name = f"{i}/{key}" if kk is None else f"{i}/{key}/{kk}"
+                np.testing.assert_array_equal(got[name], vv, err_msg=name)
+
+
+def test_state_mismatch_names_the_field(data, tmp_path):
+    it = iter(_loader(data, 0, 2))
+    next(it)
+    state = it.get_state()
+    json.dumps(state)  # JSON-serialisable, as orbax's grain handler stores it
+    for kw, field in [({"seed": 5}, "seed"), ({"num_candidates": 3}, "num_candidates")]:
+        with pytest.raises(ValueError, match=f"mismatch in field '{field}'"):
+            iter(_loader(data, 0, 2, **kw)).set_state(state)
+    with pytest.raises(ValueError, match="mismatch in field 'process_count': saved 2"):
+        iter(_loader(data, 0, 4)).set_state(state)
+    other = _write(str(tmp_path / "other"), _records(seed=1))
+    loader = TrainLoader(other, data["corpus"], data["queries"], data["tok"], _loader(data).config,
+                         process_index=0, process_count=2)
+    with pytest.raises(ValueError, match="mismatch in field 'fingerprint'"):
+        iter(loader).set_state(state)
+    with pytest.raises(ValueError, match="batch_size 8 is not divisible by the 3 processes"):
+        _loader(data, 0, 3)
+
+
+def test_combine_teachers_reference():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(7, 3)).astype(np.float32) * [1, 10, 100]
+    s64 = s.astype(np.float64)
+    np.testing.assert_allclose(combine_teachers(s, "column", 2), s64[:, 2])
+    np.testing.assert_allclose(combine_teachers(s, "mean"), s64.sum(1) / 3)
+    z = [(s64[:, j] - s64[:, j].mean()) / np.sqrt(((s64[:, j] - s64[:, j].mean()) ** 2).mean()) for j in range(3)]
+    np.testing.assert_allclose(combine_teachers(s, "zmean"), np.mean(z, axis=0), rtol=1e-12)
+    # invariant to each teacher's affine scale
+    np.testing.assert_allclose(combine_teachers(s * [2, 0.1, 7] + [5, -3, 1], "zmean"), combine_teachers(s, "zmean"),
+                               rtol=1e-5, atol=1e-6)
+    const = np.ones((4, 2), np.float32)
+    assert (combine_teachers(const, "zmean") == 0).all()
+
+
+def test_sampling_strategies():
+    labels = np.array([0, 1, 0, 0, 1, 0, 0], np.int32)
+    t = np.array([5.0, 9.0, 7.0, 1.0, 8.0, 7.0, 3.0])
+    np.testing.assert_array_equal(sample_candidates(labels, t, 4, "hardest", None, None), [1, 2, 5, 0])
+    seen = set()
+    for s in range(200):
+        c = sample_candidates(labels, t, 3, "random", 3, np.random.default_rng(s))
+        assert labels[c[0]] == 1 and (labels[c[1:]] == 0).all() and len(set(c)) == 3
+        assert set(c[1:]) <= {2, 5, 0}  # the top-3 negatives by teacher score
+        seen.add(int(c[0]))
+        seen.update(c[1:].tolist())
+    assert seen == {1, 4, 2, 5, 0}
+    assert len(sample_candidates(labels, t, 10, "hardest", None, None)) == 6  # fewer candidates than N
+
+
+def test_batch_contents_match_the_records(data):
+    from distill_jax.data.tokenize import encode_texts
+
+    loader = _loader(data, 0, 1, teacher_combine="zmean", sampling="hardest", num_candidates=9)
+    b = loader.batch(0)
+    for row, idx in enumerate(b["index"]):
+        rec = data["records"][idx]
+        t = combine_teachers(rec["scores"], "zmean")
+        chosen = sample_candidates(rec["labels"], t, 9, "hardest", None, None)
+        n = len(chosen)
+        np.testing.assert_array_equal(b["mask"][row], [1.0] * n + [0.0] * (9 - n))
+        np.testing.assert_allclose(b["teacher_scores"][row, :n], t[chosen].astype(np.float32))
+        # column 0: the best-scored positive; then the hardest negatives, best first
+        assert rec["labels"][chosen[0]] == 1 and t[chosen[0]] == t[rec["labels"] > 0].max()
+        neg_t = np.sort(t[rec["labels"] <= 0])[::-1][: 8]
+        np.testing.assert_allclose(b["teacher_scores"][row, 1:n], neg_t.astype(np.float32))
+        texts = [data["corpus_dict"][rec["pids"][c]] for c in chosen]
+        ref = encode_texts(data["tok"], texts, 16)
+        np.testing.assert_array_equal(b["docs"]["input_ids"][row, :n], ref["input_ids"])
+        q = encode_texts(data["tok"], [data["queries"][rec["qid"]]], 8)
+        np.testing.assert_array_equal(b["query"]["input_ids"][row], q["input_ids"][0])
+    assert b["teacher_scores"].dtype == np.float32 and b["index"].dtype == np.int64
+    assert b["docs"]["input_ids"].dtype == np.int32 and b["docs"]["input_ids"].shape == (8, 9, 16)
+
+
+def test_colbert_and_cross_encoder_batches(data):
+    from distill_jax.data.tokenize import encode_colbert_documents, encode_pairs
+    from distill_jax.models.colbert import ColBERTConfig
+
+    b = _loader(data, 0, 1, model_kind="colbert", query_maxlen=12, doc_maxlen=20).batch(1)
+    assert {k: v.shape for k, v in b["query"].items()} == {k: (8, 12) for k in
+                                                          ("input_ids", "attention_mask", "score_mask")}
+    assert {k: v.shape for k, v in b["docs"].items()} == {k: (8, 4, 20) for k in
+                                                         ("input_ids", "attention_mask", "score_mask")}
+    rec = data["records"][b["index"][0]]
+    chosen = sample_candidates(rec["labels"], combine_teachers(rec["scores"], "mean"), 4, "hardest", None, None)
+    ref = encode_colbert_documents(data["tok"], [data["corpus_dict"][rec["pids"][c]] for c in chosen],
+                                   ColBERTConfig(query_maxlen=12, doc_maxlen=20))
+    for key in ref:
+        np.testing.assert_array_equal(b["docs"][key][0], ref[key])
+    c = _loader(data, 0, 1, model_kind="cross_encoder", pair_maxlen=24).batch(1)
+    assert set(c) == {"pairs", "teacher_scores", "mask", "weight", "index"}
+    ref = encode_pairs(data["tok"], [data["queries"][rec["qid"]]] * 4,
+                       [data["corpus_dict"][rec["pids"][j]] for j in chosen], 24)
+    for key in ref:
+        np.testing.assert_array_equal(c["pairs"][key][0], ref[key])
+
+
+def test_bad_records_fail_at_load_time(data, tmp_path):
+    recs = _records()
+    recs[5]["scores"][2, 1] = np.nan
+    recs[11]["pids"][0] = "not-in-corpus"
+    recs[12] = dict(recs[12], qid="unknown-query")
+    path = _write(str(tmp_path / "bad"), recs, shards=1, validate=False)  # as a buggy foreign writer would
+    cfg = _loader(data).config
+    with pytest.raises(DataError, match=r"record 5 \(qid 'q5'\): nonfinite_score: field 'scores' .* is nan"):
+        TrainLoader(path, data["corpus"], data["queries"], data["tok"], cfg, process_index=0, process_count=1)
+    loose = LoaderConfig(**{**cfg.__dict__, "policy": ts.BadInputPolicy("skip", max_skip_fraction=0.1)})
+    loader = TrainLoader(path, data["corpus"], data["queries"], data["tok"], loose, process_index=0,
+                         process_count=1)
+    assert loader.skipped == {"nonfinite_score": 1, "missing_pid": 1, "missing_query": 1}
+    seen = [i for b in list(loader)[:loader.steps_per_epoch] for i in b["index"] if i >= 0]
+    assert sorted(seen) == sorted(set(range(R)) - {5, 11, 12})
+    tight = LoaderConfig(**{**cfg.__dict__, "policy": ts.BadInputPolicy("skip", max_skip_fraction=0.05)})
+    with pytest.raises(DataError, match="3 of 37 records are bad"):
+        TrainLoader(path, data["corpus"], data["queries"], data["tok"], tight, process_index=0, process_count=1)
