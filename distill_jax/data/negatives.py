@@ -238,6 +238,8 @@ def cli_main(argv: list[str]) -> int:
     parser.add_argument("--stopwords", default=BM25Config.stopwords, help="bm25s stopword list ('none' for none)")
     parser.add_argument("--stemmer", default=None, help="PyStemmer algorithm, e.g. english (needs PyStemmer)")
     parser.add_argument("--threads", type=int, default=0, help="bm25s retrieval threads (0: one)")
+    parser.add_argument("--empty-docs", default="raise", choices=["raise", "skip", "keep"],
+                        help="documents with no title and no text (Cranfield has two)")
     args = parser.parse_args(argv[1:])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -258,7 +260,7 @@ def cli_main(argv: list[str]) -> int:
 
     from distill_jax.data.collections import load_collection
 
-    collection = load_collection(args.collection, args.split)
+    collection = load_collection(args.collection, args.split, on_empty=args.empty_docs)
     config = BM25Config(k1=args.k1, b=args.b, method=args.method,
                         stopwords=None if args.stopwords in (None, "none") else args.stopwords,
                         stemmer=args.stemmer)
