@@ -187,7 +187,7 @@ def make_step_fn(model, cfg: TrainConfig, tx: optax.GradientTransformation,
         batch = {n: v for n, v in batch.items() if n not in HOST_ONLY_KEYS}
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         loss, means, sums, grads = gradients(state.params, batch, key, state.step)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
