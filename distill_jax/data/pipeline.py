@@ -7,8 +7,11 @@ of the epoch are padding examples (``weight`` 0, ``index`` -1, a copy of a real 
 finite), so every host yields exactly ``ceil(R / G)`` batches an epoch. Candidate sampling draws from
 ``default_rng([seed, epoch, record])``, so a batch never depends on which host or which restart produced it.
 
-grain's ``MapDataset`` maps step -> batch, and its thread prefetch (``ReadOptions``) builds the next batches,
-tokenisation included, while the accelerator runs the current step. :meth:`LoaderIterator.get_state` returns a
+Texts are tokenised ONCE, when the loader is built (``pretokenize``): passages and queries become
+:class:`~distill_jax.data.token_cache.TokenTable` s of body tokens (optionally cached on disk, ``token_cache_dir``),
+and a batch is gathered from them and framed with numpy by the same ``assemble_*`` functions the text path
+(``encode_*``) uses, so both give the same bytes. grain's ``MapDataset`` maps step -> batch, and its thread prefetch
+(``ReadOptions``) builds the next batches while the accelerator runs the current step. :meth:`LoaderIterator.get_state` returns a
 JSON dict (grain's position plus the settings that make it meaningful) that the trainer stores in its orbax
 checkpoint; :meth:`LoaderIterator.set_state` refuses a state whose seed, process count, dataset fingerprint,
 ... differ, naming the field.
@@ -30,11 +33,11 @@ The batch (the contract with the train step; B = host batch, N = ``num_candidate
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import sys
 import threading
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -70,6 +73,11 @@ class LoaderConfig:
       num_epochs: epochs to yield (None: forever).
       num_threads, prefetch: grain threads building batches and batches built ahead.
       policy: bad-record handling (see :class:`BadInputPolicy`).
+      pretokenize: tokenise every passage and query once when the loader is built and gather batches from the
+        token tables (True), or tokenise each batch's texts at every step (False: the slow text path, kept as
+        the reference the tests compare with; both give identical batches).
+      token_cache_dir: directory where the token tables are cached by fingerprint (tokenizer, texts, length), so
+        a restart reads them instead of tokenising again ("" = no cache).
     """
 
     batch_size: int
@@ -88,6 +96,8 @@ class LoaderConfig:
     num_threads: int = 2
     prefetch: int = 4
     policy: BadInputPolicy = BadInputPolicy()
+    pretokenize: bool = True
+    token_cache_dir: str = ""
 
     def __post_init__(self):
         if self.sampling not in ("hardest", "random"):
@@ -186,10 +196,12 @@ class TrainLoader:
             self.colbert = dataclasses.replace(colbert or ColBERTConfig(), query_maxlen=config.query_maxlen,
                                                doc_maxlen=config.doc_maxlen)
         self._tokenizer = tokenizer
-        self._local = threading.local()
         self.valid, self.skipped = self._scan()
         if len(self.valid) == 0:
             raise DataError(f"{self.dataset.path}: no usable record")
+        self.doc_tokens = self.query_tokens = None
+        if config.pretokenize:
+            self.doc_tokens, self.query_tokens = self._tokenize_tables()
         self.steps_per_epoch = -(-len(self.valid) // config.batch_size)
         self._perm_cache: dict[int, np.ndarray] = {}
         self._perm_lock = threading.Lock()
@@ -234,50 +246,89 @@ class TrainLoader:
         return np.where(pos < len(perm), perm[np.minimum(pos, len(perm) - 1)], -1)
 
     # ------------------------------------------------------------------------------------------- batches
+    def _tokenize_tables(self):
+        """Token tables of every passage and query, each cut to the longest body any model kind's layout needs
+        with this config's lengths (``[CLS] t [SEP]``: L-2, ColBERT and pairs: L-3), so one cached table serves
+        every kind."""
+        from distill_jax.data.token_cache import TokenTable
+
+        cfg = self.config
+        cache = cfg.token_cache_dir or None
+        pair_room = cfg.pair_maxlen - 3
+        docs = TokenTable.build(self.corpus, self._tokenizer, max(cfg.doc_maxlen - 2, pair_room, 1), cache,
+                                desc="tokenising passages")
+        queries = TokenTable.build(self.queries, self._tokenizer, max(cfg.query_maxlen - 2, pair_room, 1), cache,
+                                   desc="tokenising queries")
+        if cfg.model_kind == "colbert":
+            n = int(np.sum(np.asarray(queries.lengths) > cfg.query_maxlen - 3))
+            if n:  # once here, instead of at every batch as the text path does
+                warnings.warn(f"{n} of {len(queries)} queries have more than {cfg.query_maxlen - 3} tokens and "
+                              f"will be truncated to query_maxlen={cfg.query_maxlen} (markers included); raise "
+                              "LoaderConfig.query_maxlen to keep them whole", stacklevel=3)
+        return docs, queries
+
     def _example(self, record_index: int, epoch: int) -> tuple[str, list[str], np.ndarray, np.ndarray]:
+        """(qid, N candidate ids, teacher scores float32 [N], mask float32 [N]) of one record."""
         cfg, n = self.config, self.config.num_candidates
         rec = self.dataset.record(record_index)
         teacher = combine_teachers(rec["scores"], cfg.teacher_combine, cfg.teacher_column)
         rng = np.random.default_rng([cfg.seed, epoch, record_index]) if cfg.sampling == "random" else None
         chosen = sample_candidates(rec["labels"], teacher, n, cfg.sampling, cfg.top_k, rng)
         pids = [rec["pids"][i] for i in chosen]
-        texts = self.corpus.texts(pids)
         scores = np.zeros(n, np.float32)
         mask = np.zeros(n, np.float32)
         scores[: len(chosen)] = teacher[chosen]
         mask[: len(chosen)] = 1.0
-        texts += [texts[0]] * (n - len(chosen))  # fewer candidates than N: masked repeats of the positive
-        return self.queries.texts([rec["qid"]])[0], texts, scores, mask
+        pids += [pids[0]] * (n - len(chosen))  # fewer candidates than N: masked repeats of the positive
+        return rec["qid"], pids, scores, mask
 
     def batch(self, step: int) -> dict:
         """This host's batch at global ``step``: a pure function of (seed, step, host)."""
-        cfg = self.config
         epoch = step // self.steps_per_epoch
         index = self.record_indices(step)
-        queries, docs, scores, masks = [], [], [], []
+        qids, pids, scores, masks = [], [], [], []
         for i in index:
             # a padding slot repeats the first valid record (finite numbers, weight 0)
             q, d, s, m = self._example(int(i) if i >= 0 else int(self.valid[0]), epoch)
-            queries.append(q)
-            docs.extend(d)
+            qids.append(q)
+            pids.extend(d)
             scores.append(s)
             masks.append(m)
         out = {"teacher_scores": np.stack(scores), "mask": np.stack(masks),
                "weight": (index >= 0).astype(np.float32), "index": index.astype(np.int64)}
-        out.update(self._tokenize(queries, docs))
+        if self.config.pretokenize:
+            out.update(self._assemble(self.queries.rows(qids), self.corpus.rows(pids)))
+        else:
+            out.update(self._tokenize(self.queries.texts(qids), self.corpus.texts(pids)))
         return out
 
-    def _tok(self):
-        # fast tokenizers are not safe to share across threads (Rust borrow errors): one copy per thread
-        tok = getattr(self._local, "tok", None)
-        if tok is None:
-            tok = self._local.tok = copy.deepcopy(self._tokenizer)
-        return tok
-
-    def _tokenize(self, queries: list[str], docs: list[str]) -> dict:
+    def _assemble(self, q_rows: np.ndarray, d_rows: np.ndarray) -> dict:
+        """The token groups of a batch from the token tables (rows [B] and [B*N]), framed with numpy."""
         from distill_jax.data import tokenize as tk
 
-        cfg, tok = self.config, self._tok()
+        cfg, lay = self.config, tk.layout(self._tokenizer)
+        b, n = len(q_rows), cfg.num_candidates
+        shape = lambda d: {k: v.reshape(b, n, -1) for k, v in d.items()}  # noqa: E731
+        if cfg.model_kind == "cross_encoder":
+            room = cfg.pair_maxlen - 3
+            pairs = tk.assemble_pairs(self.query_tokens.gather(np.repeat(q_rows, n), room),
+                                      self.doc_tokens.gather(d_rows, room), cfg.pair_maxlen, lay)
+            return {"pairs": shape(pairs)}
+        if cfg.model_kind == "colbert":
+            qb = self.query_tokens.gather(q_rows, cfg.query_maxlen - 3)
+            db = self.doc_tokens.gather(d_rows, cfg.doc_maxlen - 3)
+            return {"query": tk.assemble_colbert_queries(qb, self.colbert, lay),
+                    "docs": shape(tk.assemble_colbert_documents(db, self.colbert, lay))}
+        qb = self.query_tokens.gather(q_rows, cfg.query_maxlen - 2)
+        db = self.doc_tokens.gather(d_rows, cfg.doc_maxlen - 2)
+        return {"query": tk.assemble_texts(qb, cfg.query_maxlen, lay),
+                "docs": shape(tk.assemble_texts(db, cfg.doc_maxlen, lay))}
+
+    def _tokenize(self, queries: list[str], docs: list[str]) -> dict:
+        """The token groups of a batch from its texts (the text path, ``pretokenize=False``)."""
+        from distill_jax.data import tokenize as tk
+
+        cfg, tok = self.config, self._tokenizer
         b, n = len(queries), cfg.num_candidates
         shape = lambda d: {k: v.reshape(b, n, -1) for k, v in d.items()}  # noqa: E731
         if cfg.model_kind == "cross_encoder":
