@@ -194,3 +194,160 @@ def test_configuration_errors(tok, tmp_path, minilm_dir):
         load_tokenizer(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no tokenizer could be loaded"):
         load_tokenizer(str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One assembly for text and pre-tokenised bodies; longest_first; the token table
+# ---------------------------------------------------------------------------------------------------------------
+
+ZERO_TOKENS = "\u200b"  # not blank for str.strip, but BERT's normaliser drops it: a text of 0 word pieces
+
+
+@pytest.fixture(scope="module")
+def scifact_texts(shared_data):
+    """Real scifact passages: 120 random, the 40 longest and the 40 shortest by characters, plus tiny texts."""
+    from distill_jax.data.collections import load_collection
+
+    ids, texts = load_collection(str(shared_data / "scifact"), None).passages()
+    by_len = np.argsort([len(t) for t in texts], kind="stable")
+    pick = np.concatenate([np.random.default_rng(0).choice(len(texts), 120, replace=False), by_len[-40:],
+                           by_len[:40]])
+    return [texts[i] for i in pick] + ["a", "Ok.", ZERO_TOKENS, "?"]
+
+
+def _longest_first_reference(a, b, room):
+    """Token-at-a-time reading of longest_first as tokenizers' truncation.rs states it, in plain Python."""
+    if a + b <= room:
+        return a, b
+    short, long_ = sorted((a, b))
+    if 2 * short <= room:
+        keep_short, keep_long = short, room - short
+    else:
+        keep_short, keep_long = room // 2, room // 2 + room % 2
+    return (keep_long, keep_short) if a > b else (keep_short, keep_long)
+
+
+def test_longest_first_equals_the_hf_pair_truncation_exactly(tok):
+    # Every (query, passage) length pair 0..14 tokens at odd and even lengths: all three branches and ties.
+    word = {n: " ".join(["a"] * n) if n else ZERO_TOKENS for n in range(15)}
+    word_b = {n: " ".join(["b"] * n) if n else ZERO_TOKENS for n in range(15)}
+    grid = [(a, b) for a in range(15) for b in range(15)]
+    for max_length in (3, 4, 7, 8, 12, 13, 40):
+        qs, ps = [word[a] for a, _ in grid], [word_b[b] for _, b in grid]
+        ours = encode_pairs(tok, qs, ps, max_length)
+        hf = tok(qs, ps, truncation="longest_first", max_length=max_length, padding="max_length",
+                 return_token_type_ids=True)
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            np.testing.assert_array_equal(ours[key], hf[key], err_msg=f"{key} at max_length {max_length}")
+        kept = [((r == 1037).sum(), (r == 1038).sum()) for r in ours["input_ids"]]
+        assert kept == [_longest_first_reference(a, b, max_length - 3) for a, b in grid]
+
+
+def test_encode_pairs_equals_hf_on_scifact_with_long_queries(tok, scifact_texts):
+    # Passages as queries too: both sides over the room (the half split, the longer side first or second).
+    rng = np.random.default_rng(1)
+    texts = scifact_texts
+    queries = [texts[i] for i in rng.integers(0, len(texts), 160)]
+    passages = [texts[i] for i in rng.integers(0, len(texts), 160)]
+    # (HF's own pair truncation of long texts to a short length is slow: fewer pairs there.)
+    for max_length, count in ((24, 40), (64, 160), (256, 160)):
+        ours = encode_pairs(tok, queries[:count], passages[:count], max_length)
+        hf = tok(queries[:count], passages[:count], truncation="longest_first", max_length=max_length,
+                 padding="max_length", return_token_type_ids=True)
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], hf[key], err_msg=f"{key} at max_length {max_length}")
+            assert ours[key].dtype == np.int32
+
+
+def test_encode_texts_and_colbert_equal_independent_references_on_scifact(tok, scifact_texts):
+    texts = scifact_texts
+    for max_length in (5, 32, 180):
+        hf = tok(texts, truncation=True, max_length=max_length, padding="max_length")
+        ours = encode_texts(tok, texts, max_length)
+        np.testing.assert_array_equal(ours["input_ids"], hf["input_ids"])
+        np.testing.assert_array_equal(ours["attention_mask"], hf["attention_mask"])
+    cfg = ColBERTConfig(query_maxlen=32, doc_maxlen=180)
+    punct = {tok.convert_tokens_to_ids(c) for c in string.punctuation}
+    docs = encode_colbert_documents(tok, texts, cfg)
+    with pytest.warns(UserWarning, match="queries have more than 29 tokens"):
+        queries = encode_colbert_queries(tok, texts, cfg)
+    for row, text in enumerate(texts):
+        b = body(tok, text)
+        real = [CLS, D_MARK] + b[:177] + [SEP]
+        np.testing.assert_array_equal(docs["input_ids"][row], real + [PAD] * (180 - len(real)))
+        np.testing.assert_array_equal(docs["score_mask"][row],
+                                      [int(t not in punct) for t in real] + [0] * (180 - len(real)))
+        real = [CLS, Q_MARK] + b[:29] + [SEP]
+        np.testing.assert_array_equal(queries["input_ids"][row], real + [MASK] * (32 - len(real)))
+
+
+def test_table_path_gives_the_text_path_bytes_for_every_layout(tok, scifact_texts):
+    from distill_jax.data import tokenize as tk
+    from distill_jax.data.collections import TextTable
+    from distill_jax.data.token_cache import TokenTable
+
+    texts = scifact_texts
+    table = TokenTable.build(TextTable([f"d{i}" for i in range(len(texts))], texts), tok, cap=253)
+    assert table.ids.dtype == np.uint16  # 30,522 ids fit
+    np.testing.assert_array_equal(table.lengths, [len(body(tok, t)) for t in texts])
+    lay = tk.layout(tok)
+    rng = np.random.default_rng(2)
+    rows = rng.integers(0, len(texts), 300)  # with repeats, in any order
+    rows2 = rng.integers(0, len(texts), 300)
+    sel, sel2 = [texts[r] for r in rows], [texts[r] for r in rows2]
+
+    def same(a, b):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype == np.int32
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+    for length in (4, 32, 180):
+        same(tk.assemble_texts(table.gather(rows, length - 2), length, lay), encode_texts(tok, sel, length))
+        cfg = ColBERTConfig(query_maxlen=length, doc_maxlen=length)
+        same(tk.assemble_colbert_documents(table.gather(rows, length - 3), cfg, lay),
+             encode_colbert_documents(tok, sel, cfg))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the text path warns about the long queries
+            same(tk.assemble_colbert_queries(table.gather(rows, length - 3), cfg, lay),
+                 encode_colbert_queries(tok, sel, cfg))
+    for length in (3, 24, 256):
+        same(tk.assemble_pairs(table.gather(rows, length - 3), table.gather(rows2, length - 3), length, lay),
+             encode_pairs(tok, sel, sel2, length))
+    with pytest.raises(ValueError, match="stores 253 tokens a text but 254 are asked"):
+        table.gather(rows, 254)
+    with pytest.raises(ValueError, match="kept to 10 columns but this layout has room for 30"):
+        tk.assemble_texts(table.gather(rows, 10), 32, lay)
+
+
+def test_token_table_cache_round_trip_and_fingerprint(tok, scifact_texts, tmp_path):
+    from distill_jax.data.collections import TextTable
+    from distill_jax.data.token_cache import TokenTable
+
+    texts = TextTable([f"d{i}" for i in range(50)], scifact_texts[:50])
+    built = TokenTable.build(texts, tok, cap=40, cache_dir=tmp_path)
+    (entry,) = [p for p in tmp_path.iterdir()]  # one directory, no temporary left behind
+    assert entry.name == f"tokens-{built.fingerprint[:32]}"
+    again = TokenTable.build(texts, tok, cap=40, cache_dir=tmp_path)
+    assert isinstance(again.ids, np.memmap)  # read from disk, not tokenised again
+    for name in ("ids", "offsets", "lengths"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(built, name))
+    rows = np.arange(50)[::-1]
+    np.testing.assert_array_equal(again.gather(rows, 40).ids, built.gather(rows, 40).ids)
+    # A different cap, or one changed text, is a different table.
+    assert TokenTable.build(texts, tok, cap=41, cache_dir=tmp_path).fingerprint != built.fingerprint
+    changed = TextTable([f"d{i}" for i in range(50)], scifact_texts[:49] + ["another text"])
+    other = TokenTable.build(changed, tok, cap=40, cache_dir=tmp_path)
+    assert other.fingerprint != built.fingerprint and len(list(tmp_path.iterdir())) == 3
+    np.testing.assert_array_equal(other.lengths[:49], built.lengths[:49])
+    assert other.lengths[49] == 2
+
+
+def test_layout_refuses_left_truncation(minilm_dir):
+    from distill_jax.data.tokenize import layout
+
+    left = load_tokenizer(minilm_dir)
+    left.truncation_side = "left"
+    with pytest.raises(ValueError, match="truncates from the left"):
+        encode_texts(left, ["a"], 8)
+    assert layout(load_tokenizer(minilm_dir)).vocab_size == 30522
