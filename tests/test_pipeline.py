@@ -261,3 +261,67 @@ def test_bad_records_fail_at_load_time(data, tmp_path):
     tight = LoaderConfig(**{**cfg.__dict__, "policy": ts.BadInputPolicy("skip", max_skip_fraction=0.05)})
     with pytest.raises(DataError, match="3 of 37 records are bad"):
         TrainLoader(path, data["corpus"], data["queries"], data["tok"], tight, process_index=0, process_count=1)
+
+
+@pytest.fixture(scope="module")
+def scifact_data(tmp_path_factory, shared_data, minilm_dir):
+    """A teacher-score dataset over real scifact texts: 24 queries x 12 candidates, among them the longest passages,
+    the shortest, passages used as queries (pairs whose two sides both exceed the length) and tiny texts."""
+    from distill_jax.data.collections import load_collection
+    from distill_jax.data.tokenize import load_tokenizer
+
+    col = load_collection(str(shared_data / "scifact"), None)
+    ids, texts = col.passages()
+    by_len = np.argsort([len(t) for t in texts], kind="stable")
+    rng = np.random.default_rng(3)
+    pick = np.concatenate([by_len[-30:], by_len[:30], rng.choice(len(texts), 100, replace=False)])
+    corpus = {ids[i]: texts[i] for i in pick}
+    corpus.update({"tiny-a": "a", "tiny-zero": "\u200b", "tiny-q": "?"})
+    qtexts = list(col.queries.values())
+    queries = {f"q{i}": qtexts[i] for i in range(16)}
+    queries.update({f"q{16 + i}": texts[by_len[-1 - i]] for i in range(6)})  # long passages as queries
+    queries.update({"q22": "a", "q23": "\u200b"})
+    pids = list(corpus)
+    records = []
+    for i in range(24):
+        cand = [pids[j] for j in rng.choice(len(pids), 12, replace=False)]
+        labels = np.zeros(12, np.int32)
+        labels[0] = 1
+        records.append(ts.make_record(f"q{i}", cand, labels, rng.normal(size=(12, 1))))
+    out = _write(str(tmp_path_factory.mktemp("scifact") / "ds"), records, shards=2, teachers=("t",))
+    return {"path": out, "corpus": TextTable.from_mapping(corpus), "queries": queries,
+            "tok": load_tokenizer(minilm_dir), "cache": str(tmp_path_factory.mktemp("token_cache"))}
+
+
+@pytest.mark.parametrize("kind", ["colbert", "dense", "splade", "cross_encoder"])
+def test_table_path_batches_equal_text_path_batches_on_scifact(scifact_data, kind):
+    import warnings
+
+    d = scifact_data
+    cfg = dict(batch_size=8, num_candidates=6, model_kind=kind, query_maxlen=32, doc_maxlen=180, pair_maxlen=64,
+               sampling="random", top_k=8, num_threads=1, prefetch=1, token_cache_dir=d["cache"])
+
+    def loader(pretokenize):
+        c = LoaderConfig(pretokenize=pretokenize, **cfg)
+        return TrainLoader(d["path"], d["corpus"], d["queries"], d["tok"], c, process_index=0, process_count=1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table, text = loader(True), loader(False)
+        pairs = [(table.batch(s), text.batch(s)) for s in range(table.steps_per_epoch + 1)]  # every record, twice
+    for a, b in pairs:
+        _equal(a, b)
+    long_query = [w for w in caught if "queries have more than 29 tokens" in str(w.message)]
+    assert bool(long_query) == (kind == "colbert")
+    # One cached table of passages and one of queries serves every kind; a new loader maps them from disk.
+    assert table.doc_tokens.cap == 178 and len(table.doc_tokens) == len(d["corpus"])
+    assert len(os.listdir(d["cache"])) == 2
+    assert isinstance(loader(True).doc_tokens.ids, np.memmap)
+    g = pairs[0][0]["pairs" if kind == "cross_encoder" else "docs"]
+    assert g["input_ids"].shape == (8, 6, 64 if kind == "cross_encoder" else 180)
+    if kind == "cross_encoder":  # all three longest_first cases occurred: whole, one side cut, both cut in half
+        att = np.stack([a["pairs"]["attention_mask"] for a, _ in pairs])
+        q_kept = np.stack([(1 - a["pairs"]["token_type_ids"]) * a["pairs"]["attention_mask"] for a, _ in pairs])
+        q_kept = q_kept.sum(-1) - 2  # minus [CLS] and the first [SEP]
+        full = att.sum(-1) == 64
+        assert (~full).any() and (full & (q_kept < 30)).any() and (full & (q_kept == 30)).any()
