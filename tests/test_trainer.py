@@ -1,0 +1,182 @@
+"""The training loop: bit-exact resume after SIGKILL, one compile per run, loss falls, the non-finite policy stops
+with the step number, CLI overrides, validation hook + best checkpoint."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from distill_jax.config import load_config
+from distill_jax.train import checkpoint as ckpt_lib
+from distill_jax.train import state as state_lib
+from distill_jax.train.metrics import read_jsonl
+from distill_jax.train.trainer import cli_main, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compiles():
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", False)
+
+
+def _env():
+    env = dict(os.environ)
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"  # same flags in every process: bit-exact comparisons
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _overrides(workdir, steps, every):
+    return [f"workdir={workdir}", f"steps={steps}", f"checkpoint.every_steps={every}", "checkpoint.keep=2",
+            "checkpoint.async_save=true", "log_every=1", "model.num_layers=1"]
+
+
+def _cmd(workdir, steps, every):
+    return [sys.executable, "-m", "distill_jax.cli", "train", "configs/tiny.py:splade", "--set",
+            *_overrides(workdir, steps, every)]
+
+
+def _losses(workdir):
+    """{step: loss} with the LAST line of each step (a resumed run re-logs the steps after its checkpoint)."""
+    return {r["step"]: r["loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in r}
+
+
+def _final_params(workdir):
+    cfg = load_config("configs/tiny.py:splade", ["model.num_layers=1"])
+    model, _, _ = state_lib.make_model(cfg)
+    tx = state_lib.make_optimizer(cfg.optim, 10)
+    from distill_jax import distributed
+
+    mesh = distributed.make_mesh(devices=jax.devices()[:1])
+    abstract, shardings = state_lib.state_shardings(model, tx, mesh)
+    ck = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
+    state, data_state, step = ck.restore(ckpt_lib.abstract_like(abstract, shardings))
+    ck.close()
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))], data_state, step
+
+
+def run_kill_resume(tmp_path, steps: int, every: int):
+    ref, broken = tmp_path / "ref", tmp_path / "broken"
+    # The reference runs in this process (same XLA flags and optimisation setting as the subprocesses).
+    train(load_config("configs/tiny.py:splade", _overrides(ref, steps, every)))
+
+    kill_at = random.Random().randrange(every + 1, steps - 2)  # after the first checkpoint, before the end
+    proc = subprocess.Popen(_cmd(broken, steps, every), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = broken / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and max(_losses(broken), default=0) >= kill_at:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended (rc {proc.returncode}) before the kill at {kill_at}"
+    killed_after = max(_losses(broken))
+
+    resumed = subprocess.run(_cmd(broken, steps, every), cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a, b = _losses(ref), _losses(broken)
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    bad = [s for s in a if a[s] != b[s]]  # bit-exact: float32 losses written as exact decimals
+    assert not bad, f"killed after step {killed_after} (aimed at {kill_at}); losses differ at steps {bad[:10]}"
+    ref_leaves, ref_data, ref_step = _final_params(ref)
+    new_leaves, new_data, new_step = _final_params(broken)
+    assert ref_step == new_step == steps and ref_data == new_data
+    for x, y in zip(ref_leaves, new_leaves):
+        np.testing.assert_array_equal(x, y)
+    return killed_after
+
+
+def test_resume_after_sigkill_is_bit_exact(tmp_path):
+    """Uninterrupted run vs a run SIGKILLed at a random step after a checkpoint (async saves every 5 steps, so
+    the kill may land mid-save) then resumed: identical loss at every step and identical final state."""
+    run_kill_resume(tmp_path, steps=30, every=5)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_exact_2k_steps(tmp_path):
+    run_kill_resume(tmp_path, steps=2000, every=100)
+
+
+def test_one_compile_per_run_and_loss_falls(tmp_path):
+    cfg = load_config("configs/tiny.py:colbert", [f"workdir={tmp_path}", "steps=60", "log_every=10",
+                                                  "model.num_layers=1", "checkpoint.every_steps=30",
+                                                  "checkpoint.async_save=true", "tensorboard=true"])
+    out = train(cfg)
+    assert out["compiles"] == 1  # the train step compiled once for the whole run (and across a checkpoint)
+    losses = out["losses"]
+    first, last = np.mean([losses[s] for s in range(1, 11)]), np.mean([losses[s] for s in range(51, 61)])
+    assert last < 0.7 * first, (first, last)
+    rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
+    assert rows[-1]["spearman"] > rows[0]["spearman"]  # the student agrees more with the (overlap) teacher
+    for key in ("loss", "loss_main", "grad_norm", "learning_rate", "examples_per_s", "tokens_per_s", "spearman"):
+        assert key in rows[-1]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_nonfinite_loss_raises_with_the_step(tmp_path):
+    # An absurd learning rate blows the parameters up after the first update: step 2 is the first non-finite.
+    cfg = load_config("configs/tiny.py:dense", [f"workdir={tmp_path}", "steps=20", "model.num_layers=1",
+                                                "optim.learning_rate=1e30", "optim.warmup_steps=0",
+                                                "optim.clip_norm=0", "checkpoint.every_steps=0"])
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step [2-5]\b"):
+        train(cfg)
+    ck = ckpt_lib.Checkpointer(os.path.join(tmp_path, "checkpoints"), cfg.checkpoint)
+    assert ck.latest_step() is None  # nothing past the bad step was ever saved
+    ck.close()
+
+
+def test_nonfinite_skip_policy_keeps_going(tmp_path):
+    cfg = load_config("configs/tiny.py:dense", [f"workdir={tmp_path}", "steps=6", "model.num_layers=1",
+                                                "optim.learning_rate=1e30", "optim.warmup_steps=0",
+                                                "optim.clip_norm=0", "optim.nonfinite=skip",
+                                                "checkpoint.every_steps=0", "log_every=1"])
+    out = train(cfg)
+    assert int(out["state"].skipped) >= 4 and int(out["state"].step) == 6
+    for leaf in jax.tree.leaves(out["state"].params):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def test_cli_overrides_and_errors(capsys, tmp_path):
+    assert cli_main(["train", "configs/tiny.py", "--print-config", "--set", "optim.learning_rate=5e-4",
+                     "steps=7", "loss.hp.temperature=2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["optim"]["learning_rate"] == 5e-4 and printed["steps"] == 7
+    assert printed["loss"]["hp"] == {"temperature": 2}
+    assert cli_main(["train", "configs/tiny.py", "--set", "optim.lr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'lr'" in err and "learning_rate" in err
+    assert cli_main(["train", "configs/tiny.py", "--set", "steps=many"]) == 2
+    assert "cannot convert to int" in capsys.readouterr().err
+
+
+def test_validation_hook_ranks_checkpoints(tmp_path, shared_data, minilm_dir):
+    """Reranking nDCG@10 on held-out scifact queries is logged and ranks checkpoints (best kept beside the last)."""
+    cfg = load_config("configs/tiny.py:colbert", [
+        f"workdir={tmp_path}", "steps=6", "model.num_layers=1", "model.vocab_size=30522",
+        f"data.tokenizer={minilm_dir}", "eval.every_steps=2", f"eval.collection_dir={shared_data / 'scifact'}",
+        "eval.split=test", "eval.max_queries=16", "eval.depth=8", "data.query_maxlen=32", "checkpoint.every_steps=2",
+        "checkpoint.keep=1", "checkpoint.keep_best=1", "checkpoint.async_save=false", "log_every=2"])
+    out = train(cfg)
+    rows = [r for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl")) if "val/nDCG@10" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    values = {r["step"]: r["val/nDCG@10"] for r in rows}
+    assert all(0.0 <= v <= 1.0 for v in values.values())
+    assert out["validation"]["nDCG@10"] == values[6]
+    best = max(values, key=lambda s: (values[s], -s))
+    ck = ckpt_lib.Checkpointer(os.path.join(tmp_path, "checkpoints"), cfg.checkpoint)
+    assert ck.all_steps() == sorted({best, 6})
+    ck.close()
