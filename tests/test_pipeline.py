@@ -309,6 +309,7 @@ def test_table_path_batches_equal_text_path_batches_on_scifact(scifact_data, kin
         warnings.simplefilter("always")
         table, text = loader(True), loader(False)
         pairs = [(table.batch(s), text.batch(s)) for s in range(table.steps_per_epoch + 1)]  # every record, twice
+        mapped = loader(True)
     for a, b in pairs:
         _equal(a, b)
     long_query = [w for w in caught if "queries have more than 29 tokens" in str(w.message)]
@@ -316,7 +317,8 @@ def test_table_path_batches_equal_text_path_batches_on_scifact(scifact_data, kin
     # One cached table of passages and one of queries serves every kind; a new loader maps them from disk.
     assert table.doc_tokens.cap == 178 and len(table.doc_tokens) == len(d["corpus"])
     assert len(os.listdir(d["cache"])) == 2
-    assert isinstance(loader(True).doc_tokens.ids, np.memmap)
+    assert isinstance(mapped.doc_tokens.ids, np.memmap)
+    _equal(mapped.batch(1), pairs[1][0])
     g = pairs[0][0]["pairs" if kind == "cross_encoder" else "docs"]
     assert g["input_ids"].shape == (8, 6, 64 if kind == "cross_encoder" else 180)
     if kind == "cross_encoder":  # all three longest_first cases occurred: whole, one side cut, both cut in half
