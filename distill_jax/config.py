@@ -300,6 +300,8 @@ def _convert(text: str, typ: Any, key: str):
             return float(text)
         if typ is str:
             return text
+        if origin in (tuple, list) and not text.lstrip().startswith(("[", "(")):
+            return tuple(_literal(part.strip()) for part in text.split(",") if part.strip())  # a,b,c
         if origin in (dict, tuple, list):
             try:
                 value = json.loads(text)
@@ -323,32 +325,33 @@ def _literal(text: str):
         return text
 
 
-def override(cfg, key: str, text: str):
+def override(cfg, key: str, text: str, full: str | None = None):
     """Returns ``cfg`` with the dotted field ``key`` set from the string ``text``.
 
     Raises:
       KeyError: an unknown field, listing the known ones at that level.
     """
+    full = full or key
     head, _, rest = key.partition(".")
     if isinstance(cfg, dict):
         if rest:
             sub = cfg.get(head, {})
             if not isinstance(sub, dict):
-                raise KeyError(f"--set {key}: {head!r} is not a mapping")
-            return {**cfg, head: override(sub, rest, text)}
+                raise KeyError(f"--set {full}: {head!r} is not a mapping")
+            return {**cfg, head: override(sub, rest, text, full)}
         return {**cfg, head: _literal(text)}
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     if head not in fields:
-        raise KeyError(f"unknown config key {head!r} in --set {key}; known keys here: {', '.join(sorted(fields))}")
+        raise KeyError(f"unknown config key {head!r} in --set {full}; known keys here: {', '.join(sorted(fields))}")
     current = getattr(cfg, head)
     if rest:
         if not (dataclasses.is_dataclass(current) or isinstance(current, dict)):
-            raise KeyError(f"--set {key}: {head!r} is a {type(current).__name__}, it has no field {rest!r}")
-        return dataclasses.replace(cfg, **{head: override(current, rest, text)})
+            raise KeyError(f"--set {full}: {head!r} is a {type(current).__name__}, it has no field {rest!r}")
+        return dataclasses.replace(cfg, **{head: override(current, rest, text, full)})
     if dataclasses.is_dataclass(current):
-        raise KeyError(f"--set {key}: {head!r} is a group of settings; set one of its fields ({head}.FIELD=...)")
+        raise KeyError(f"--set {full}: {head!r} is a group of settings; set one of its fields ({head}.FIELD=...)")
     typ = typing.get_type_hints(type(cfg))[head]
-    return dataclasses.replace(cfg, **{head: _convert(text, typ, key)})
+    return dataclasses.replace(cfg, **{head: _convert(text, typ, full)})
 
 
 def apply_overrides(cfg, overrides: list[str] | tuple[str, ...]):
