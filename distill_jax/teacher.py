@@ -189,14 +189,19 @@ def rerank(scorer, tok, queries: dict[str, str], passage, run: dict[str, dict[st
 
 
 def evaluate_reranking(teacher: str, collection_dir: str, split: str = "test", k: int = 100,
-                       max_length: int = 256, batch_size: int = 128,
-                       measures=("nDCG@10", "MRR@10")) -> dict[str, dict[str, float]]:
-    """BM25 top-k, then the teacher reranks it; metrics of both (ir-measures)."""
+                       max_length: int = 256, batch_size: int = 128, measures=("nDCG@10", "MRR@10"),
+                       max_queries: int = 0) -> dict[str, dict[str, float]]:
+    """BM25 top-k, then the teacher reranks it; metrics of both (ir-measures) over the split's queries (the
+    first ``max_queries`` by id when > 0)."""
     from distill_jax.data.collections import load_collection
     from distill_jax.data.negatives import bm25_search
     from distill_jax.evaluate import evaluate_run
 
     col = load_collection(collection_dir, split)
+    if max_queries:
+        keep = sorted(col.queries)[:max_queries]
+        col = dataclasses.replace(col, queries={q: col.queries[q] for q in keep},
+                                  qrels={q: col.qrels[q] for q in keep})
     ids, texts = col.passages()
     bm25 = {q: dict(r) for q, r in bm25_search(ids, texts, col.queries, k).items()}
     buckets = tuple(b for b in (64, 128, 192) if b < max_length) + (max_length,)

@@ -1,0 +1,176 @@
+"""``distill-jax train-teacher CONFIG``: fine-tune a cross-encoder on qrels + BM25 hard negatives.
+
+The teacher is trained by the student trainer itself (one train step abstraction): the model kind is
+``cross_encoder``, the loss a listwise softmax cross-entropy with the positive in column 0 (``infonce``) or a
+pointwise BCE (``graded_bce`` on the labels). What this module adds is the data preparation and the hand-off:
+
+1. a *view* of the BEIR collection in the work directory: symlinks to the corpus and queries (read in place, never
+   copied) and two qrels splits cut from the training split, ``fit`` and ``holdout`` (BEIR has no dev split);
+2. BM25 candidates for the ``fit`` queries (positives excluded from negatives) written as a label dataset:
+   labels = qrels grades, score column = the BM25 score (so "random from the top-k" samples BM25-hard negatives);
+3. :func:`distill_jax.train.trainer.train` with periodic reranking validation on ``holdout``; the best checkpoint
+   by nDCG@10 is exported as a Hugging Face ``BertForSequenceClassification`` directory (``<workdir>/teacher``)
+   that ``distill-jax score --teacher`` loads;
+4. reranking evaluation of that teacher on the test split (BM25 top-100), written to ``<workdir>/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def make_view(collection_dir: str, out_dir: str, split: str, holdout: int, seed: int) -> dict[str, list[str]]:
+    """Writes a BEIR view with qrels splits ``fit`` and ``holdout`` cut from ``split`` (plus every original split).
+
+    The corpus and queries are symlinks; the held-out queries are ``holdout`` queries drawn with ``seed``.
+
+    Returns:
+      ``{"fit": [...], "holdout": [...]}`` query ids.
+    """
+    from distill_jax.data.collections import read_qrels
+
+    os.makedirs(os.path.join(out_dir, "qrels"), exist_ok=True)
+    src = os.path.abspath(collection_dir)
+    for name in os.listdir(src):
+        if name.startswith(("corpus", "queries")):
+            _symlink(os.path.join(src, name), os.path.join(out_dir, name))
+    for name in os.listdir(os.path.join(src, "qrels")):
+        _symlink(os.path.join(src, "qrels", name), os.path.join(out_dir, "qrels", name))
+    qrels = read_qrels(os.path.join(src, "qrels", f"{split}.tsv"))
+    qids = sorted(qrels)
+    if not 0 < holdout < len(qids):
+        raise ValueError(f"holdout={holdout} must be between 1 and {len(qids) - 1} ({split} has {len(qids)} queries)")
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(qids, size=holdout, replace=False).tolist())
+    parts = {"fit": [q for q in qids if q not in held], "holdout": [q for q in qids if q in held]}
+    for part, ids in parts.items():
+        tmp = os.path.join(out_dir, "qrels", f"{part}.tsv.tmp")
+        with open(tmp, "w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for q in ids:
+                for d, g in qrels[q].items():
+                    f.write(f"{q}\t{d}\t{g}\n")
+        os.replace(tmp, os.path.join(out_dir, "qrels", f"{part}.tsv"))
+    return parts
+
+
+def _symlink(target: str, link: str) -> None:
+    if os.path.islink(link) or os.path.exists(link):
+        if os.path.realpath(link) == os.path.realpath(target):
+            return
+        os.remove(link)
+    os.symlink(target, link)
+
+
+def write_label_dataset(view_dir: str, out_dir: str, k: int, num_shards: int = 1) -> dict[str, float]:
+    """BM25 top-``k`` candidates of the ``fit`` queries as a dataset (labels = grades, score = BM25).
+
+    Returns:
+      BM25 recall of the positives at ``k`` (ir-measures).
+    """
+    from distill_jax.data.collections import load_collection
+    from distill_jax.data.negatives import bm25_search
+    from distill_jax.data.teacher_scores import make_record, shard_done, write_teacher_scores
+    from distill_jax.evaluate import evaluate_run
+
+    col = load_collection(view_dir, "fit")
+    ids, texts = col.passages()
+    run = bm25_search(ids, texts, col.queries, k)
+    metrics = evaluate_run(col.qrels, {q: dict(r) for q, r in run.items()}, (f"R@{k}",))
+    if all(shard_done(out_dir, s, num_shards) for s in range(num_shards)):
+        return metrics
+    records = []
+    for q in sorted(col.qrels):
+        bm25 = dict(run.get(q, []))
+        pos = [d for d, g in col.qrels[q].items() if g > 0]
+        neg = [d for d, _ in run.get(q, []) if d not in col.qrels[q]]
+        pids = pos + neg
+        floor = min(bm25.values()) if bm25 else 0.0
+        records.append(make_record(q, pids, [col.qrels[q].get(p, 0) for p in pids],
+                                   [bm25.get(p, floor) for p in pids]))
+    bounds = np.linspace(0, len(records), num_shards + 1).round().astype(int)
+    for s in range(num_shards):
+        write_teacher_scores(records[bounds[s]:bounds[s + 1]], out_dir, s, num_shards, ["bm25"])
+    return metrics
+
+
+def restore_params(workdir: str, cfg, step: int | None = None):
+    """Parameters of checkpoint ``step`` (default: the best by the validation metric, else the latest)."""
+    import jax
+
+    from distill_jax import distributed
+    from distill_jax.train import checkpoint as ckpt_lib
+    from distill_jax.train import state as state_lib
+
+    mesh = distributed.make_mesh(1, 1, devices=jax.devices()[:1])  # restored params go to the host anyway
+    model, _, _ = state_lib.make_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint="")))
+    tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
+    abstract, shardings = state_lib.state_shardings(model, tx, mesh, cfg.seed)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
+    try:
+        step = step if step is not None else (ckpt.manager.best_step() or ckpt.latest_step())
+        state, _, step = ckpt.restore(ckpt_lib.abstract_like(abstract, shardings), step)
+    finally:
+        ckpt.close()
+    return jax.device_get(state.params), step
+
+
+def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test") -> dict:
+    """Prepares the data, trains, exports the best checkpoint and evaluates it (see the module docstring)."""
+    from distill_jax.export import save_pretrained
+    from distill_jax.models.encoder import EncoderConfig
+    from distill_jax.teacher import evaluate_reranking
+    from distill_jax.train.state import resolve_checkpoint
+    from distill_jax.train.trainer import train
+
+    work = os.path.abspath(cfg.workdir)
+    view = os.path.join(work, "collection")
+    parts = make_view(cfg.data.collection_dir, view, cfg.data.split, holdout, cfg.data.seed)
+    dataset = os.path.abspath(cfg.data.dataset_dir)
+    recall = write_label_dataset(view, dataset, k)
+    log.info("teacher data: %d fit / %d held-out queries; BM25 %s", len(parts["fit"]), len(parts["holdout"]),
+             recall)
+    run_cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, dataset_dir=dataset, collection_dir=view),
+        eval=dataclasses.replace(cfg.eval, collection_dir=view, split="holdout"),
+    )
+    out = train(run_cfg)
+    params, best_step = restore_params(work, run_cfg)
+    base = resolve_checkpoint(cfg.model.checkpoint)
+    teacher_dir = save_pretrained("cross_encoder", EncoderConfig.from_pretrained_dir(base), params,
+                                  os.path.join(work, "teacher"), tokenizer_dir=base)
+    results = evaluate_reranking(teacher_dir, cfg.data.collection_dir, eval_split, k=100,
+                                 max_length=cfg.data.pair_maxlen, max_queries=cfg.eval.max_queries)
+    summary = {"best_step": best_step, "holdout_validation": out["validation"], "bm25_recall_fit": recall,
+               f"{eval_split}_reranking": results, "teacher_dir": teacher_dir}
+    with open(os.path.join(work, "results.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def cli_train_teacher(argv: list[str]) -> int:
+    from distill_jax.config import load_config
+
+    p = argparse.ArgumentParser(prog="distill-jax train-teacher", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="a cross_encoder recipe, e.g. configs/teacher_scifact.py")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+    p.add_argument("--holdout", type=int, default=100, help="training queries held out for model selection")
+    p.add_argument("--k", type=int, default=100, help="BM25 candidates per query")
+    p.add_argument("--eval-split", default="test")
+    a = p.parse_args(argv)
+    cfg = load_config(a.config, a.set)
+    if cfg.model.kind != "cross_encoder":
+        raise SystemExit(f"train-teacher needs a cross_encoder config; {a.config} trains a {cfg.model.kind}")
+    summary = train_teacher(cfg, a.holdout, a.k, a.eval_split)
+    print(json.dumps(summary, indent=1))
+    return 0
