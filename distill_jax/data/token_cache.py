@@ -46,7 +46,8 @@ class TokenTable:
       offsets: int64 [R + 1] row r is ``ids[offsets[r]:offsets[r + 1]]`` (at most ``cap`` tokens).
       lengths: int32 [R] each text's full token count (before cutting to ``cap``).
       cap: tokens stored per row at most.
-      fingerprint: what the table was built from (tokenizer, cap, texts); names its cache directory.
+      fingerprint: what the table was built from (tokenizer, cap, texts); names its cache directory ("" for a
+        table built without a cache).
     """
 
     def __init__(self, ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, cap: int, fingerprint: str):
@@ -100,7 +101,8 @@ class TokenTable:
         if cap < 1:
             raise ValueError(f"token table cap={cap}: store at least 1 token a text")
         lay = layout(tok)
-        fingerprint = table_fingerprint(texts, lay.fingerprint, cap)
+        # The fingerprint is one more pass over every text: only worth it when it names a cache entry.
+        fingerprint = "" if cache_dir is None else table_fingerprint(texts, lay.fingerprint, cap)
         path = None if cache_dir is None else os.path.join(os.fspath(cache_dir), f"tokens-{fingerprint[:32]}")
         if path is not None and os.path.isdir(path):
             table = cls.load(path)
