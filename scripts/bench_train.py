@@ -71,7 +71,8 @@ def bench(kind: str, args) -> dict:
             LossConfig(name="margin_mse", regularizer_q="flops", regularizer_d="flops", lambda_q=0.1, lambda_d=0.08,
                        reg_warmup_steps=100))
     cfg = TrainConfig(
-        name=f"bench_{kind}", steps=1000, model=ModelConfig(kind=kind, dtype=args.dtype, remat=args.remat, **MINILM),
+        name=f"bench_{kind}", steps=1000,
+        model=ModelConfig(kind=kind, dtype=args.dtype, remat=args.remat, splade_chunk_size=args.splade_chunk, **MINILM),
         loss=loss, optim=OptimConfig(learning_rate=1e-5, warmup_steps=10),
         data=DataConfig(source="synthetic", batch_size=args.batch, n_candidates=args.candidates,
                         query_maxlen=args.query_len, doc_maxlen=ld))
@@ -101,7 +102,8 @@ def bench(kind: str, args) -> dict:
             "platform": jax.devices()[0].platform, "batch": f"{args.batch}x{args.candidates}",
             "query_len": args.query_len, "doc_len": ld, "compile_s": round(compile_s, 1),
             "step_s": round(dt, 4), "steps_per_s": round(1 / dt, 3), "examples_per_s": round(args.batch / dt, 2),
-            "model_tflops_per_step": round(flops / 1e12, 4), "loss": float(m["loss"]), "compiles": step._cache_size()}
+            "model_tflops_per_step": round(flops / 1e12, 4), "loss": float(m["loss"]), "compiles": step._cache_size(),
+            "remat": args.remat, "splade_chunk": args.splade_chunk}
 
 
 def main(argv=None) -> int:
@@ -114,7 +116,9 @@ def main(argv=None) -> int:
     p.add_argument("--doc-len", type=int, default=0, help="0: 180 for ColBERT, 128 for SPLADE")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--remat", action="store_true")
+    p.add_argument("--remat", action="store_true", help="rematerialise encoder layers (less memory)")
+    p.add_argument("--splade-chunk", type=int, default=0,
+                   help="SPLADE vocabulary projection over chunks of this many positions (0: at once)")
     args = p.parse_args(argv)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     peak = matmul_peak(dtype)

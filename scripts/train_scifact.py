@@ -67,6 +67,45 @@ def build_dataset(collection_dir: str, out: str, k: int, max_queries: int) -> st
     return path
 
 
+def rank_agreement(cfg, n_batches: int = 40, candidates: int = 8) -> dict:
+    """Teacher-student Spearman per query (mean) on a FIXED set of batches (loader seed 12345, 8 candidates),
+    for the starting parameters and for the run's last checkpoint: far less noisy than the per-step training
+    metric (4 queries x 4 candidates)."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from distill_jax import distributed
+    from distill_jax.train import checkpoint as ckpt_lib
+    from distill_jax.train import state as state_lib
+    from distill_jax.train.step import make_score_fn, spearman_per_query
+    from distill_jax.train.trainer import make_loader
+
+    mesh = distributed.make_mesh()
+    model, _, start_params = state_lib.make_model(cfg)
+    tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
+    abstract, shardings = state_lib.state_shardings(model, tx, mesh)
+    ck = ckpt_lib.Checkpointer(os.path.join(cfg.workdir, "checkpoints"), cfg.checkpoint)
+    final, _, step = ck.restore(ckpt_lib.abstract_like(abstract, shardings))
+    ck.close()
+    eval_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seed=12345, n_candidates=candidates))
+    loader = make_loader(eval_cfg, model.cfg.vocab_size)
+    batches = [next(loader) for _ in range(n_batches)]
+    score = make_score_fn(model, cfg.model.kind)
+    out = {}
+    for name, params in (("start", start_params), (f"step_{step}", final.params)):
+        rhos = []
+        for b in batches:
+            dev = {k: v for k, v in b.items() if k != "index"}
+            s = score(params, jax.tree.map(jax.numpy.asarray, dev))
+            rho, ok = spearman_per_query(s, dev["teacher_scores"], dev["mask"] * dev["weight"][:, None])
+            rhos += [float(r) for r, d in zip(np.asarray(rho), np.asarray(ok)) if d]
+        out[name] = round(float(np.mean(rhos)), 4)
+    out["queries"] = len(rhos)
+    return out
+
+
 def run_configs(args, dataset: str):
     from distill_jax.config import apply_overrides, load_config, validate
     from distill_jax.train import train
@@ -89,16 +128,20 @@ def run_configs(args, dataset: str):
         if args.only and name not in args.only:
             continue
         cfg = load_config(path, common + extra + [f"workdir={os.path.join(args.out, name)}", f"name={name}"])
+        if args.agreement_only:
+            print(json.dumps({name: {"spearman_fixed_set": rank_agreement(cfg)}}), flush=True)
+            continue
         logging.info("run %s", name)
         train(cfg)
         rows = [json.loads(line) for line in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
         rows = [r for r in rows if "loss_mean" in r]
         keys = ("loss_mean", "spearman", "nnz_query", "nnz_doc", "examples_per_s")
         summary[name] = {"first": {k: rows[0].get(k) for k in keys}, "last": {k: rows[-1].get(k) for k in keys},
-                         "steps": rows[-1]["step"]}
+                         "steps": rows[-1]["step"], "spearman_fixed_set": rank_agreement(cfg)}
         print(json.dumps({name: summary[name]}), flush=True)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    if summary:
+        with open(os.path.join(args.out, f"summary_{'_'.join(summary)}.json"), "w") as f:
+            json.dump(summary, f, indent=1)
     return summary
 
 
@@ -117,6 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--bm25-k", type=int, default=30)
     p.add_argument("--max-queries", type=int, default=0)
     p.add_argument("--lam", type=float, default=0.05, help="FLOPS lambda_q = lambda_d")
+    p.add_argument("--agreement-only", action="store_true",
+                   help="only measure start vs final rank agreement of finished runs")
     args = p.parse_args(argv)
     args.collection = os.path.abspath(args.collection)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
