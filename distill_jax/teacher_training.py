@@ -123,7 +123,7 @@ def restore_params(workdir: str, cfg, step: int | None = None):
     return jax.device_get(state.params), step
 
 
-def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test") -> dict:
+def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test", test_depth: int = 100) -> dict:
     """Prepares the data, trains, exports the best checkpoint and evaluates it (see the module docstring)."""
     from distill_jax.export import save_pretrained
     from distill_jax.models.encoder import EncoderConfig
@@ -148,9 +148,9 @@ def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test
     base = resolve_checkpoint(cfg.model.checkpoint)
     teacher_dir = save_pretrained("cross_encoder", EncoderConfig.from_pretrained_dir(base), params,
                                   os.path.join(work, "teacher"), tokenizer_dir=base)
-    results = evaluate_reranking(teacher_dir, cfg.data.collection_dir, eval_split, k=100,
+    results = evaluate_reranking(teacher_dir, cfg.data.collection_dir, eval_split, k=test_depth,
                                  max_length=cfg.data.pair_maxlen, max_queries=cfg.eval.max_queries)
-    summary = {"best_step": best_step, "holdout_validation": out["validation"], "bm25_recall_fit": recall,
+    summary = {"best_step": best_step, "test_depth": test_depth, "holdout_validation": out["validation"], "bm25_recall_fit": recall,
                f"{eval_split}_reranking": results, "teacher_dir": teacher_dir}
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -167,10 +167,11 @@ def cli_train_teacher(argv: list[str]) -> int:
     p.add_argument("--holdout", type=int, default=100, help="training queries held out for model selection")
     p.add_argument("--k", type=int, default=100, help="BM25 candidates per query")
     p.add_argument("--eval-split", default="test")
+    p.add_argument("--test-depth", type=int, default=100, help="rerank the BM25 top-N of the evaluation split")
     a = p.parse_args(argv)
     cfg = load_config(a.config, a.set)
     if cfg.model.kind != "cross_encoder":
         raise SystemExit(f"train-teacher needs a cross_encoder config; {a.config} trains a {cfg.model.kind}")
-    summary = train_teacher(cfg, a.holdout, a.k, a.eval_split)
+    summary = train_teacher(cfg, a.holdout, a.k, a.eval_split, a.test_depth)
     print(json.dumps(summary, indent=1))
     return 0
