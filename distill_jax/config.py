@@ -428,3 +428,25 @@ def student_recipe(name: str, kind: str, loss: LossConfig, variant: str | None =
     if variant == "tiny":
         return tiny_variant(cfg)
     raise ValueError(f"unknown variant {variant!r} of {name}; known: tiny")
+
+
+def from_dict(d: dict, cls=None):
+    """The inverse of :func:`to_dict` (reads the ``config.json`` a run writes into its work directory).
+
+    Unknown keys fail with the known keys of that level, as ``--set`` does.
+    """
+    cls = cls or TrainConfig
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in d.items():
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ) and isinstance(value, dict):
+            value = from_dict(value, typ)
+        elif (typing.get_origin(typ) or typ) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)

@@ -102,30 +102,9 @@ def write_label_dataset(view_dir: str, out_dir: str, k: int, num_shards: int = 1
     return metrics
 
 
-def restore_params(workdir: str, cfg, step: int | None = None):
-    """Parameters of checkpoint ``step`` (default: the best by the validation metric, else the latest)."""
-    import jax
-
-    from distill_jax import distributed
-    from distill_jax.train import checkpoint as ckpt_lib
-    from distill_jax.train import state as state_lib
-
-    mesh = distributed.make_mesh(1, 1, devices=jax.devices()[:1])  # restored params go to the host anyway
-    model, _, _ = state_lib.make_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint="")))
-    tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
-    abstract, shardings = state_lib.state_shardings(model, tx, mesh, cfg.seed)
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
-    try:
-        step = step if step is not None else (ckpt.manager.best_step() or ckpt.latest_step())
-        state, _, step = ckpt.restore(ckpt_lib.abstract_like(abstract, shardings), step)
-    finally:
-        ckpt.close()
-    return jax.device_get(state.params), step
-
-
 def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test", test_depth: int = 100) -> dict:
     """Prepares the data, trains, exports the best checkpoint and evaluates it (see the module docstring)."""
-    from distill_jax.export import save_pretrained
+    from distill_jax.export import restore_params, save_pretrained
     from distill_jax.models.encoder import EncoderConfig
     from distill_jax.teacher import evaluate_reranking
     from distill_jax.train.state import resolve_checkpoint
