@@ -117,11 +117,11 @@ def run_configs(args, dataset: str):
               "progress=false", "tensorboard=true"]
     # lambda reaches its maximum after a third of the run (sentence-transformers' default warm-up ratio)
     flops = [f"loss.reg_warmup_steps={args.steps // 3}", f"loss.lambda_q={args.lam}", f"loss.lambda_d={args.lam}"]
+    lr = f"optim.learning_rate={args.lr}"
     runs = {
-        "colbert_margin_mse": ("configs/colbert_margin_mse.py", ["optim.learning_rate=5e-5"]),
-        "splade_mse_flops": ("configs/splade_mse_flops.py", ["optim.learning_rate=5e-5", *flops]),
-        "splade_mse_noreg": ("configs/splade_mse_flops.py", ["optim.learning_rate=5e-5", "loss.regularizer_q=",
-                                                            "loss.regularizer_d="]),
+        "colbert_margin_mse": ("configs/colbert_margin_mse.py", [lr]),
+        "splade_mse_flops": ("configs/splade_mse_flops.py", [lr, *flops]),
+        "splade_mse_noreg": ("configs/splade_mse_flops.py", [lr, "loss.regularizer_q=", "loss.regularizer_d="]),
     }
     summary = {}
     for name, (path, extra) in runs.items():
@@ -159,6 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--doc-len", type=int, default=64)
     p.add_argument("--bm25-k", type=int, default=30)
     p.add_argument("--max-queries", type=int, default=0)
+    p.add_argument("--lr", type=float, default=5e-5, help="AdamW peak learning rate")
     p.add_argument("--lam", type=float, default=0.05, help="FLOPS lambda_q = lambda_d")
     p.add_argument("--agreement-only", action="store_true",
                    help="only measure start vs final rank agreement of finished runs")

@@ -239,6 +239,13 @@ def import_params(kind: str, cfg: EncoderConfig, state: dict[str, np.ndarray], f
     for head in heads_missing:
         log.warning("%s has no %s head (%s); it is freshly initialised", source, head,
                     ", ".join(heads_missing[head][:3]))
+    if kind == "splade" and "mlm" in heads_missing:
+        # A random MLM head makes SPLADE dense (nearly every term active) with huge scores; start lexical instead.
+        from distill_jax.models.splade import FRESH_HEAD_Z, lexical_mlm_head
+
+        params.update(lexical_mlm_head(params["encoder"]["embeddings"]["word_embeddings"]["embedding"]))
+        log.warning("%s: SPLADE MLM head set to identity transform, vocabulary bias -%g x |embedding row|",
+                    source, FRESH_HEAD_Z)
     return params
 
 
