@@ -129,7 +129,7 @@ def run_configs(args, dataset: str):
             continue
         cfg = load_config(path, common + extra + [f"workdir={os.path.join(args.out, name)}", f"name={name}"])
         if args.agreement_only:
-            print(json.dumps({name: {"spearman_fixed_set": rank_agreement(cfg)}}), flush=True)
+            print(json.dumps({name: {"spearman_fixed_set": rank_agreement(cfg, args.agreement_batches)}}), flush=True)
             continue
         logging.info("run %s", name)
         train(cfg)
@@ -137,7 +137,7 @@ def run_configs(args, dataset: str):
         rows = [r for r in rows if "loss_mean" in r]
         keys = ("loss_mean", "spearman", "nnz_query", "nnz_doc", "examples_per_s")
         summary[name] = {"first": {k: rows[0].get(k) for k in keys}, "last": {k: rows[-1].get(k) for k in keys},
-                         "steps": rows[-1]["step"], "spearman_fixed_set": rank_agreement(cfg)}
+                         "steps": rows[-1]["step"], "spearman_fixed_set": rank_agreement(cfg, args.agreement_batches)}
         print(json.dumps({name: summary[name]}), flush=True)
     if summary:
         with open(os.path.join(args.out, f"summary_{'_'.join(summary)}.json"), "w") as f:
@@ -161,6 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-queries", type=int, default=0)
     p.add_argument("--lr", type=float, default=5e-5, help="AdamW peak learning rate")
     p.add_argument("--lam", type=float, default=0.05, help="FLOPS lambda_q = lambda_d")
+    p.add_argument("--agreement-batches", type=int, default=40, help="fixed batches (4 queries x 8) for it")
     p.add_argument("--agreement-only", action="store_true",
                    help="only measure start vs final rank agreement of finished runs")
     args = p.parse_args(argv)

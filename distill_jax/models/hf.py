@@ -241,11 +241,11 @@ def import_params(kind: str, cfg: EncoderConfig, state: dict[str, np.ndarray], f
                     ", ".join(heads_missing[head][:3]))
     if kind == "splade" and "mlm" in heads_missing:
         # A random MLM head makes SPLADE dense (nearly every term active) with huge scores; start lexical instead.
-        from distill_jax.models.splade import FRESH_HEAD_Z, lexical_mlm_head
+        from distill_jax.models.splade import FRESH_HEAD_SCALE, FRESH_HEAD_Z, lexical_mlm_head
 
         params.update(lexical_mlm_head(params["encoder"]["embeddings"]["word_embeddings"]["embedding"]))
-        log.warning("%s: SPLADE MLM head set to identity transform, vocabulary bias -%g x |embedding row|",
-                    source, FRESH_HEAD_Z)
+        log.warning("%s: SPLADE MLM head set to the identity transform, LayerNorm scale %g, vocabulary bias "
+                    "-%g x scale x |embedding row| (splade.lexical_mlm_head)", source, FRESH_HEAD_SCALE, FRESH_HEAD_Z)
     return params
 
 

@@ -34,25 +34,33 @@ def splade_pool(logits: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.max(w * mask[..., None].astype(jnp.float32), axis=-2)
 
 
-# z-score of the fresh head's vocabulary bias: a term fires at a position only if its logit is more than this many
-# "standard deviations" (the norm of its embedding row) above zero. 3.5 gives all-MiniLM-L6-v2 on scifact
-# ~260 terms per 16-token query and ~1 150 per 64-token document, with dot products ~40 (4 ~ 85 / 390, 3 ~ 900 /
-# 3 500); see docs/training.md.
-FRESH_HEAD_Z = 3.5
+# The fresh head (see lexical_mlm_head). FRESH_HEAD_Z: a term fires at a position only if its logit is more than
+# this many "standard deviations" (the norm of its embedding row) above zero. FRESH_HEAD_SCALE: the LayerNorm scale,
+# which multiplies every logit (the bias is scaled with it, so the set of active terms does not change) and so
+# sets the size of the term weights and dot products. Measured with all-MiniLM-L6-v2 on scifact (16-token queries,
+# 64-token documents): z 3 -> ~900 / ~3 500 active terms, z 3.5 -> 260 / 1 150, z 4 -> 85 / 390; at z 3 a scale
+# of 1 gives dot products ~110 (+-40), 0.2 gives ~10 (+-3), the range of a cross-encoder's logits, so pointwise
+# MSE does not have to shrink (and thereby sparsify) the vectors: see docs/training.md.
+FRESH_HEAD_Z = 3.0
+FRESH_HEAD_SCALE = 0.2
 
 
-def lexical_mlm_head(word_embeddings: np.ndarray, z: float = FRESH_HEAD_Z) -> dict[str, np.ndarray]:
-    """An MLM head for an encoder that has none, so that SPLADE starts sparse, lexical and on a sane scale.
+def lexical_mlm_head(word_embeddings: np.ndarray, z: float = FRESH_HEAD_Z,
+                     scale: float = FRESH_HEAD_SCALE) -> dict[str, np.ndarray]:
+    """An MLM head for an encoder that has none, so that SPLADE starts lexical, with a chosen share of active
+    terms and dot products on the scale of teacher scores.
 
-    The transform is the identity (``t = LayerNorm(act(h))``), so the tied decoder scores each vocabulary term
-    by its embedding's agreement with the token's final hidden state: a text's own words and their neighbours
-    come first. LayerNorm makes the components of ``t`` zero-mean with unit variance, so for a term unrelated to
-    the position ``t . e_v`` has a spread of about ``|e_v|``; the bias ``-z |e_v|`` lets such a term fire only
-    ``z`` standard deviations out, independent of the embedding's scale.
+    The transform is the identity (``t = scale * LayerNorm(act(h))``), so the tied decoder scores each vocabulary
+    term by its embedding's agreement with the token's final hidden state: a text's own words and their
+    neighbours come first. LayerNorm makes the components of ``t / scale`` zero-mean with unit variance, so for a
+    term unrelated to the position ``t . e_v / scale`` has a spread of about ``|e_v|``; the bias
+    ``-z * scale * |e_v|`` lets such a term fire only ``z`` standard deviations out (a share ``1 - Phi(z)`` of
+    (position, term) pairs), independent of the embedding's norm.
 
     Args:
       word_embeddings: [V, H] the encoder's (tied) word embeddings.
-      z: the bias in units of each row's norm.
+      z: the firing threshold in units of each row's norm.
+      scale: LayerNorm scale; every logit, hence every term weight ``log(1 + relu(logit))``, shrinks with it.
 
     Returns:
       ``transform_dense`` {kernel [H, H], bias [H]}, ``transform_LayerNorm`` {scale, bias} [H], ``bias`` [V]
@@ -62,8 +70,8 @@ def lexical_mlm_head(word_embeddings: np.ndarray, z: float = FRESH_HEAD_Z) -> di
     h = e.shape[1]
     return {
         "transform_dense": {"kernel": np.eye(h, dtype=np.float32), "bias": np.zeros(h, np.float32)},
-        "transform_LayerNorm": {"scale": np.ones(h, np.float32), "bias": np.zeros(h, np.float32)},
-        "bias": (-z * np.linalg.norm(e, axis=1)).astype(np.float32),
+        "transform_LayerNorm": {"scale": np.full(h, scale, np.float32), "bias": np.zeros(h, np.float32)},
+        "bias": (-z * scale * np.linalg.norm(e, axis=1)).astype(np.float32),
     }
 
 
