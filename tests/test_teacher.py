@@ -112,7 +112,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_result(tmp_path, tiny_teache
     subprocess.run(_score_cmd(tiny_teacher, tmp_path, ref, shards=12), env=_env(2), check=True, capture_output=True)
     proc = subprocess.Popen(_score_cmd(tiny_teacher, tmp_path, out, shards=12), env=_env(2),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
+    deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if out.exists() and any(p.endswith(".done.json") for p in os.listdir(out)):
             break
