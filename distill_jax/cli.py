@@ -14,7 +14,7 @@ COMMANDS = {
     "score": ("distill_jax.teacher", "score candidate lists with a teacher: the answer key"),
     "train": ("distill_jax.train.trainer", "train a student from a config (resumes from its work directory)"),
     "evaluate": ("distill_jax.evaluate", "retrieval / reranking evaluation"),
-    "export": ("distill_jax.export", "export to PyLate / sentence-transformers / transformers"),
+    "export": ("distill_jax.export", "export a training run to a Hugging Face transformers directory"),
 }
 
 
