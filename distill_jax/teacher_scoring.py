@@ -9,7 +9,7 @@ communication between hosts, so each host scores its own shards of queries with 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -135,11 +135,6 @@ def combine_teachers(scores: np.ndarray, mask: np.ndarray, znorm: bool = False) 
         var = np.where(m, (s - mean) ** 2, 0).sum(axis=1, keepdims=True) / count
         s = (s - mean) / np.sqrt(var + 1e-12)
     return np.where(m[..., 0], s.mean(axis=-1), 0.0).astype(np.float32)
-
-
-def iter_batches(items: list, size: int) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 __all__ = ["PairScorer", "ScoringStats", "combine_teachers", "local_mesh", "pick_bucket"]
