@@ -116,25 +116,4 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((rows - len(x),) + x.shape[1:], x.dtype)])
 
 
-def combine_teachers(scores: np.ndarray, mask: np.ndarray, znorm: bool = False) -> np.ndarray:
-    """The ensemble column: mean over teachers, optionally of per-query z-normalised scores.
-
-    Args:
-      scores: [Q, N, T] scores of T teachers.
-      mask: [Q, N] real candidates.
-      znorm: z-normalise each teacher's scores within each query first (when teachers' scales differ).
-
-    Returns:
-      [Q, N] combined scores (0 where masked).
-    """
-    s = np.asarray(scores, np.float64)
-    m = np.asarray(mask, bool)[..., None]
-    if znorm:
-        count = np.maximum(m.sum(axis=1, keepdims=True), 1)
-        mean = np.where(m, s, 0).sum(axis=1, keepdims=True) / count
-        var = np.where(m, (s - mean) ** 2, 0).sum(axis=1, keepdims=True) / count
-        s = (s - mean) / np.sqrt(var + 1e-12)
-    return np.where(m[..., 0], s.mean(axis=-1), 0.0).astype(np.float32)
-
-
-__all__ = ["PairScorer", "ScoringStats", "combine_teachers", "local_mesh", "pick_bucket"]
+__all__ = ["PairScorer", "ScoringStats", "local_mesh", "pick_bucket"]

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import Mesh
 
 from distill_jax.models import build_model, init_params
-from distill_jax.teacher_scoring import PairScorer, combine_teachers, pick_bucket
+from distill_jax.teacher_scoring import PairScorer, pick_bucket
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,3 @@ def test_bucketed_sharded_scores_equal_direct_forward(teacher, tiny_cfg, devices
 
 def test_pick_bucket():
     assert [pick_bucket(n, (64, 128, 256)) for n in (1, 64, 65, 200, 256)] == [64, 64, 128, 256, 256]
-
-
-def test_combine_teachers_mean_and_znorm():
-    rng = np.random.default_rng(0)
-    s = rng.normal(size=(3, 5, 2))
-    s[..., 1] = 10 * s[..., 1] + 4  # a teacher on another scale
-    mask = np.ones((3, 5))
-    mask[1, 3:] = 0
-    np.testing.assert_allclose(combine_teachers(s, mask)[0], s[0].mean(-1), rtol=1e-6)
-    z = combine_teachers(s, mask, znorm=True)
-    row = s[1, :3]
-    want = ((row - row.mean(0)) / row.std(0)).mean(-1)
-    np.testing.assert_allclose(z[1, :3], want, rtol=1e-5)
-    assert (z[1, 3:] == 0).all()
