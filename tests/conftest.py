@@ -36,3 +36,14 @@ def tiny_cfg():
 
     return EncoderConfig(vocab_size=512, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                          max_position_embeddings=256, hidden_dropout=0.1, attention_dropout=0.1)
+
+
+@pytest.fixture
+def x64():
+    """Float64 mode for the duration of one test, restored afterwards."""
+    import jax
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)

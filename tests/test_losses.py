@@ -16,16 +16,6 @@ from distill_jax import losses as L
 from distill_jax.registry import losses as loss_registry
 from distill_jax.registry import regularizers
 
-
-@pytest.fixture
-def x64():
-    """Float64 mode for the duration of one test, restored afterwards."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # float64 numpy references (independent of the package: explicit loops over real candidates)
 # ----------------------------------------------------------------------------------------------------------------

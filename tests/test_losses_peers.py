@@ -36,15 +36,6 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir):
     transformers.AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
     return str(path)
 
-
-@pytest.fixture
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 def features(model):
     """[query features, candidate-column-0 features, ..., column N-1 features] as the ST trainers pass them."""
     columns = [[docs[k] for docs in DOCS] for k in range(N)]

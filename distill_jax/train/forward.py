@@ -73,26 +73,20 @@ def colbert_forward(model, params, batch: dict[str, Any], rng: Array | None = No
     return Forward(scores, ib)
 
 
-@FORWARDS.register("splade")
-def splade_forward(model, params, batch: dict[str, Any], rng: Array | None = None,
+def vector_forward(model, params, batch: dict[str, Any], rng: Array | None = None,
                    in_batch: bool = False) -> Forward:
-    """SPLADE: |V| vectors of queries [B, V] and documents [B, N, V] -> dot products [B, N]."""
+    """SPLADE and dense: one vector per query [B, V] and document [B, N, V] -> dot products [B, N].
+
+    The vectors are returned too (SPLADE's regularisers act on them)."""
     q = _apply(model, params, batch["query"], rng, 0)
     d = _apply(model, params, batch["docs"], rng, 1)
-    scores = scoring.sparse_dot(q, d)
-    ib = scoring.sparse_dot_in_batch(q, d.reshape(-1, d.shape[-1])) if in_batch else None
+    scores = scoring.dot(q, d)
+    ib = scoring.dot_in_batch(q, d.reshape(-1, d.shape[-1])) if in_batch else None
     return Forward(scores, ib, q, d)
 
 
-@FORWARDS.register("dense")
-def dense_forward(model, params, batch: dict[str, Any], rng: Array | None = None,
-                  in_batch: bool = False) -> Forward:
-    """Dense: one vector per query [B, E] and document [B, N, E] -> dot products [B, N]."""
-    q = _apply(model, params, batch["query"], rng, 0)
-    d = _apply(model, params, batch["docs"], rng, 1)
-    scores = scoring.dense_dot(q, d)
-    ib = scoring.dense_dot_in_batch(q, d.reshape(-1, d.shape[-1])) if in_batch else None
-    return Forward(scores, ib)
+FORWARDS.register("splade", vector_forward)
+FORWARDS.register("dense", vector_forward)
 
 
 @FORWARDS.register("cross_encoder")
