@@ -2,8 +2,9 @@
 
 Listwise softmax cross-entropy (1 positive vs 7 BM25 negatives drawn from the top 30), 100 training queries held
 out for model selection (reranking nDCG@10 of their BM25 top-20), then reranking of the test split's BM25 top-100.
-A cross-encoder grown from a bi-encoder checkpoint has an untrained [CLS]/pooler path: its loss sits at ln(N) for
-the first tens of steps at 3e-5, hence the higher peak learning rate.
+A cross-encoder grown from a bi-encoder checkpoint has an untrained [CLS]/pooler path: at one learning rate for
+all parameters its loss sits at ln(N) for the first ~40 steps (at 3e-5 far longer), hence the high peak learning
+rate, the cosine decay (still near the peak when the plateau ends) and the 10x learning rate of the new head.
 
     distill-jax train-teacher configs/teacher_scifact.py --set workdir=runs/teacher_scifact
     distill-jax train-teacher configs/teacher_scifact.py:tiny     # seconds: a smoke run of the whole path
@@ -20,16 +21,17 @@ SCIFACT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "
 
 def get_config(variant=None):
     cfg = TrainConfig(
-        name="teacher_scifact", workdir="runs/teacher_scifact", steps=120, log_every=10,
+        name="teacher_scifact", workdir="runs/teacher_scifact", steps=300, log_every=10,
         model=ModelConfig(kind="cross_encoder", checkpoint="sentence-transformers/all-MiniLM-L6-v2"),
         loss=LossConfig(name="infonce", hp={"temperature": 1.0}),
-        optim=OptimConfig(learning_rate=1e-4, warmup_steps=12, schedule="linear", weight_decay=0.01),
+        optim=OptimConfig(learning_rate=1e-4, warmup_steps=15, schedule="cosine", weight_decay=0.01,
+                          lr_multipliers={"classifier": 10.0, "pooler": 10.0}),
         # train-teacher writes the label dataset (qrels + BM25 negatives of the non-held-out queries) here
         data=DataConfig(dataset_dir="runs/teacher_scifact/labels", collection_dir=os.path.normpath(SCIFACT),
                         split="train", batch_size=8, n_candidates=8,
                         pair_maxlen=160, options={"sampling": "random", "top_k": 30}),
-        checkpoint=CheckpointConfig(every_steps=60, keep=1, keep_best=1, best_metric="nDCG@10"),
-        eval=EvalConfig(every_steps=60, depth=20, batch_size=160, metrics=("nDCG@10",)),
+        checkpoint=CheckpointConfig(every_steps=100, keep=1, keep_best=1, best_metric="nDCG@10"),
+        eval=EvalConfig(every_steps=100, depth=20, batch_size=160, metrics=("nDCG@10",)),
     )
     if variant == "tiny":
         cfg = dataclasses.replace(

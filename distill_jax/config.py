@@ -101,6 +101,9 @@ class OptimConfig:
       grad_accum: split each global batch into this many micro-batches, scanned inside the step.
       nonfinite: "raise" (stop with the step number; the bad update is never applied) or "skip" (skip the update,
         count it, go on).
+      lr_multipliers: learning-rate factor per top-level parameter group (a key of the model's params: "encoder",
+        "pooler", "classifier" for the cross-encoder; "transform_dense", "transform_LayerNorm", "bias" for SPLADE's
+        MLM head), e.g. ``{"classifier": 10.0}`` for a freshly initialised head on a pretrained encoder.
     """
 
     learning_rate: float = 2e-5
@@ -114,6 +117,7 @@ class OptimConfig:
     clip_norm: float = 1.0
     grad_accum: int = 1
     nonfinite: str = "raise"
+    lr_multipliers: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,7 +127,7 @@ def run_configs(args, dataset: str):
     for name, (path, extra) in runs.items():
         if args.only and name not in args.only:
             continue
-        cfg = load_config(path, common + extra + [f"workdir={os.path.join(args.out, name)}", f"name={name}"])
+        cfg = load_config(path, common + extra + list(args.overrides) + [f"workdir={os.path.join(args.out, name)}", f"name={name}"])
         if args.agreement_only:
             print(json.dumps({name: {"spearman_fixed_set": rank_agreement(cfg, args.agreement_batches)}}), flush=True)
             continue
@@ -162,6 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=5e-5, help="AdamW peak learning rate")
     p.add_argument("--lam", type=float, default=0.05, help="FLOPS lambda_q = lambda_d")
     p.add_argument("--agreement-batches", type=int, default=40, help="fixed batches (4 queries x 8) for it")
+    p.add_argument("--set", nargs="*", default=[], dest="overrides",
+                   help="extra config overrides for every run (distill-jax train's --set syntax)")
     p.add_argument("--agreement-only", action="store_true",
                    help="only measure start vs final rank agreement of finished runs")
     args = p.parse_args(argv)

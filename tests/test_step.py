@@ -252,6 +252,33 @@ def test_learning_rate_schedule_values():
     np.testing.assert_allclose(float(cos(60)), 1e-3 * (0.1 + 0.9 * 0.5), rtol=1e-6)
 
 
+def test_lr_multipliers_scale_one_group_and_reject_unknown_names():
+    cfg = load_config("configs/tiny.py:colbert", ['optim.lr_multipliers={"head": 10}', "optim.learning_rate=1e-3",
+                                                   "optim.warmup_steps=0", "optim.weight_decay=0.1"])
+    assert cfg.optim.lr_multipliers == {"head": 10}
+    rng = np.random.default_rng(0)
+    params = {"encoder": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)},
+              "head": {"kernel": jnp.asarray(rng.normal(size=(4, 2)), jnp.float32),
+                       "bias": jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+
+    def updates(optim):
+        tx = state_lib.make_optimizer(optim, 100)
+        state = tx.init(params)
+        for _ in range(3):  # a few steps: Adam moments and decay differ from step 1
+            upd, state = tx.update(grads, state, params)
+        return upd
+
+    plain, scaled = updates(dataclasses.replace(cfg.optim, lr_multipliers={})), updates(cfg.optim)
+    np.testing.assert_allclose(scaled["encoder"]["kernel"], plain["encoder"]["kernel"], rtol=0, atol=0)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(scaled["head"][name], 10 * plain["head"][name], rtol=1e-6)
+    assert float(jnp.abs(plain["head"]["kernel"]).max()) > 0
+    bad = dataclasses.replace(cfg.optim, lr_multipliers={"haed": 2.0})
+    with pytest.raises(ValueError, match=r"haed.*'encoder', 'head'"):
+        state_lib.make_optimizer(bad, 100).init(params)
+
+
 def test_spearman_matches_scipy_with_ties_and_padding():
     rng = np.random.default_rng(0)
     s = rng.normal(size=(6, 7)).astype(np.float32)

@@ -129,11 +129,38 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
+def scale_by_group(multipliers: dict[str, float]) -> optax.GradientTransformation:
+    """Multiplies each update by the factor of its top-level parameter group (1 for groups not named).
+
+    After AdamW this is a per-group learning rate (the decoupled weight decay scales with it, as it would with a
+    larger learning rate). Unknown group names fail when the optimiser state is first built.
+    """
+    multipliers = {str(k): float(v) for k, v in multipliers.items()}
+
+    def init(params):
+        groups = set(params) if isinstance(params, dict) else set()
+        unknown = sorted(set(multipliers) - groups)
+        if unknown:
+            raise ValueError(f"optim.lr_multipliers names {unknown}, not parameter groups of this model: "
+                             f"{sorted(groups)}")
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        return {k: (jax.tree_util.tree_map(lambda u, f=multipliers[k]: u * f, v) if k in multipliers else v)
+                for k, v in updates.items()}, state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """Global-norm clipping then AdamW (decoupled weight decay on the :func:`decay_mask` parameters)."""
-    adamw = optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, mask=decay_mask)
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm > 0 else adamw
+    """Global-norm clipping, AdamW (decoupled weight decay on :func:`decay_mask`), per-group learning-rate factors."""
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    parts.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, mask=decay_mask))
+    if cfg.lr_multipliers:
+        parts.append(scale_by_group(cfg.lr_multipliers))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------
