@@ -38,6 +38,9 @@ class ModelConfig:
       dropout: hidden and attention dropout for a random encoder (a checkpoint brings its own).
       colbert_dim: ColBERT projection size.
       splade_chunk_size: SPLADE pools the vocabulary projection over chunks of this many positions (0 = at once).
+      splade_head_z, splade_head_scale: the lexical MLM head set when the checkpoint has none
+        (``distill_jax.models.splade.lexical_mlm_head``): higher z = fewer active terms at the start; the scale
+        multiplies every term weight (dot products scale with its square).
       dense_pooling: "mean" or "cls" for the dense student.
       dense_projection_dim: extra projection for the dense student (0 = none).
       dense_normalize: L2-normalise dense embeddings (cosine scores).
@@ -56,6 +59,8 @@ class ModelConfig:
     dropout: float = 0.1
     colbert_dim: int = 128
     splade_chunk_size: int = 0
+    splade_head_z: float = 3.0
+    splade_head_scale: float = 0.2
     dense_pooling: str = "mean"
     dense_projection_dim: int = 0
     dense_normalize: bool = False

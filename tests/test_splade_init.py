@@ -38,6 +38,26 @@ def test_missing_head_gets_identity_transform_and_norm_scaled_bias(tiny_cfg):
                                   source["encoder"]["layer_1"]["output_dense"]["kernel"])
 
 
+def test_fresh_head_z_and_scale_come_from_the_train_config(tiny_cfg, tmp_path):
+    """``model.splade_head_z`` / ``splade_head_scale`` reach the head that a headless checkpoint gets."""
+    from safetensors.numpy import save_file
+
+    from distill_jax.config import load_config
+    from distill_jax.train import state as state_lib
+
+    model = build_model("splade", tiny_cfg)
+    source = init_params(model, jax.random.key(1))
+    save_file({k: np.ascontiguousarray(v) for k, v in _state_without_mlm(tiny_cfg, source).items()},
+              str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(__import__("json").dumps(tiny_cfg.to_hf_dict()))
+    cfg = load_config("configs/tiny.py:splade", [f"model.checkpoint={tmp_path}", "model.splade_head_z=4.0",
+                                                 "model.splade_head_scale=0.5"])
+    _, _, params = state_lib.make_model(cfg)
+    emb = np.asarray(source["encoder"]["embeddings"]["word_embeddings"]["embedding"], np.float64)
+    np.testing.assert_allclose(params["bias"], -4.0 * 0.5 * np.sqrt((emb ** 2).sum(axis=1)), rtol=1e-6)
+    np.testing.assert_allclose(params["transform_LayerNorm"]["scale"], 0.5, rtol=1e-7)
+
+
 def test_present_head_is_left_untouched(tiny_cfg):
     model = build_model("splade", tiny_cfg)
     source = init_params(model, jax.random.key(1))

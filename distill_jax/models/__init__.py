@@ -58,11 +58,13 @@ def init_params(model: nn.Module, rng: jax.Array, length: int = 8) -> dict[str, 
 
 
 def load_pretrained(kind: str, name_or_path: str, dtype: Any = jnp.float32, remat: bool = False,
-                    seed: int = 0, allow_pickle: bool = False, **options) -> tuple[nn.Module, dict[str, Any]]:
+                    seed: int = 0, allow_pickle: bool = False, fresh_head: tuple[float, float] | None = None,
+                    **options) -> tuple[nn.Module, dict[str, Any]]:
     """Loads a Hugging Face checkpoint (local directory or hub id) as a model kind.
 
     Heads the checkpoint lacks (the classifier of a plain ``BertModel``, SPLADE's MLM transform,
-    ColBERT's projection) are freshly initialised from ``seed`` and a warning says so.
+    ColBERT's projection) are freshly initialised from ``seed`` and a warning says so; SPLADE's missing MLM head
+    is the lexical head of ``fresh_head = (z, scale)`` (default ``splade.FRESH_HEAD_Z``, ``FRESH_HEAD_SCALE``).
 
     Returns:
       (model, params): ``model.apply({'params': params}, batch)`` runs it.
@@ -72,5 +74,5 @@ def load_pretrained(kind: str, name_or_path: str, dtype: Any = jnp.float32, rema
     model = build_model(kind, cfg, dtype=dtype, remat=remat, **options)
     fresh = init_params(model, jax.random.key(seed))
     params = import_params(kind, cfg, read_state_dict(path, allow_pickle), fresh, source=path,
-                           projection=bool(options.get("projection_dim")))
+                           projection=bool(options.get("projection_dim")), fresh_head=fresh_head)
     return model, jax.tree.map(jnp.asarray, params)

@@ -177,7 +177,8 @@ def _set(tree: dict, path: Path, value) -> None:
 
 
 def import_params(kind: str, cfg: EncoderConfig, state: dict[str, np.ndarray], fresh: dict[str, Any],
-                  source: str = "checkpoint", projection: bool = False) -> dict[str, Any]:
+                  source: str = "checkpoint", projection: bool = False,
+                  fresh_head: tuple[float, float] | None = None) -> dict[str, Any]:
     """Maps an HF state dict onto our params.
 
     Args:
@@ -187,6 +188,7 @@ def import_params(kind: str, cfg: EncoderConfig, state: dict[str, np.ndarray], f
       fresh: freshly initialised params of the same model; heads missing from the checkpoint keep these values.
       source: name used in messages.
       projection: the dense student has a projection layer.
+      fresh_head: (z, scale) of SPLADE's lexical MLM head when the checkpoint has none (None = the defaults).
 
     Returns:
       params with the same tree structure as ``fresh`` (numpy float32 leaves).
@@ -243,9 +245,10 @@ def import_params(kind: str, cfg: EncoderConfig, state: dict[str, np.ndarray], f
         # A random MLM head makes SPLADE dense (nearly every term active) with huge scores; start lexical instead.
         from distill_jax.models.splade import FRESH_HEAD_SCALE, FRESH_HEAD_Z, lexical_mlm_head
 
-        params.update(lexical_mlm_head(params["encoder"]["embeddings"]["word_embeddings"]["embedding"]))
+        z, scale = fresh_head or (FRESH_HEAD_Z, FRESH_HEAD_SCALE)
+        params.update(lexical_mlm_head(params["encoder"]["embeddings"]["word_embeddings"]["embedding"], z, scale))
         log.warning("%s: SPLADE MLM head set to the identity transform, LayerNorm scale %g, vocabulary bias "
-                    "-%g x scale x |embedding row| (splade.lexical_mlm_head)", source, FRESH_HEAD_SCALE, FRESH_HEAD_Z)
+                    "-%g x scale x |embedding row| (splade.lexical_mlm_head)", source, scale, z)
     return params
 
 

@@ -92,7 +92,8 @@ def make_model(cfg: TrainConfig) -> tuple[nn.Module, EncoderConfig, dict | None]
     options = _options(m, cfg.data.query_maxlen, cfg.data.doc_maxlen)
     if m.checkpoint:
         path = resolve_checkpoint(m.checkpoint)
-        model, params = load_pretrained(m.kind, path, dtype=dtype, remat=m.remat, seed=cfg.seed, **options)
+        model, params = load_pretrained(m.kind, path, dtype=dtype, remat=m.remat, seed=cfg.seed,
+                                        fresh_head=(m.splade_head_z, m.splade_head_scale), **options)
         return model, model.cfg, jax.device_get(params)
     enc = encoder_config(m)
     return build_model(m.kind, enc, dtype=dtype, remat=m.remat, **options), enc, None
