@@ -127,7 +127,8 @@ def run_configs(args, dataset: str):
     for name, (path, extra) in runs.items():
         if args.only and name not in args.only:
             continue
-        cfg = load_config(path, common + extra + list(args.overrides) + [f"workdir={os.path.join(args.out, name)}", f"name={name}"])
+        own = [f"workdir={os.path.join(args.out, name)}", f"name={name}"]
+        cfg = load_config(path, common + extra + list(args.overrides) + own)
         if args.agreement_only:
             print(json.dumps({name: {"spearman_fixed_set": rank_agreement(cfg, args.agreement_batches)}}), flush=True)
             continue

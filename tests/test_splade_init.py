@@ -39,11 +39,14 @@ def test_missing_head_gets_identity_transform_and_norm_scaled_bias(tiny_cfg):
 
 
 def test_fresh_head_z_and_scale_come_from_the_train_config(tiny_cfg, tmp_path):
-    """``model.splade_head_z`` / ``splade_head_scale`` reach the head that a headless checkpoint gets."""
+    """``model.splade_head_z`` / ``splade_head_scale`` reach the head that a headless checkpoint gets, and their
+    defaults are the model's (config.py imports no jax, so it repeats the two numbers)."""
     from safetensors.numpy import save_file
 
-    from distill_jax.config import load_config
+    from distill_jax.config import ModelConfig, load_config
     from distill_jax.train import state as state_lib
+
+    assert (ModelConfig().splade_head_z, ModelConfig().splade_head_scale) == (FRESH_HEAD_Z, FRESH_HEAD_SCALE)
 
     model = build_model("splade", tiny_cfg)
     source = init_params(model, jax.random.key(1))
