@@ -40,8 +40,8 @@ def ref_margin_mse(s, t, m, all_pairs=False, margin=None):
     return np.mean(terms) if terms else 0.0
 
 
-def ref_mse(s, t, m):
-    return np.mean([(s[b, k] - t[b, k]) ** 2 for b, k in zip(*np.nonzero(m))])
+def ref_mse(s, t, m, teacher_scale=1.0, teacher_shift=0.0):
+    return np.mean([(s[b, k] - (teacher_scale * t[b, k] + teacher_shift)) ** 2 for b, k in zip(*np.nonzero(m))])
 
 
 def ref_kl(s, t, m, temperature=1.0, teacher_temperature=None, t2_scaling=False, normalize_student=False):
@@ -135,6 +135,8 @@ CASES = {
     "fixed_margin_mse": ({}, lambda s, t, m: ref_margin_mse(s, t, m, margin=1.0)),
     "fixed_margin_mse/0.3": ({"margin": 0.3}, lambda s, t, m: ref_margin_mse(s, t, m, margin=0.3)),
     "mse": ({}, ref_mse),
+    "mse/shifted": ({"teacher_scale": 0.5, "teacher_shift": 8.0},
+                    functools.partial(ref_mse, teacher_scale=0.5, teacher_shift=8.0)),
     "kl": ({}, ref_kl),
     "kl/T": ({"temperature": 2.5, "t2_scaling": True},
              functools.partial(ref_kl, temperature=2.5, t2_scaling=True)),

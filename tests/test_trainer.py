@@ -181,3 +181,26 @@ def test_validation_hook_ranks_checkpoints(tmp_path, shared_data, minilm_dir):
     ck = ckpt_lib.Checkpointer(os.path.join(tmp_path, "checkpoints"), cfg.checkpoint)
     assert ck.all_steps() == sorted({best, 6})
     ck.close()
+
+
+def test_check_mse_targets_warns_on_targets_splade_cannot_reach(caplog):
+    """A SPLADE score is >= 0: raw cross-encoder logits (mostly negative) as MSE targets get a warning naming the
+    fix; shifted targets, margin losses and other student kinds do not."""
+    from distill_jax.train.trainer import check_mse_targets
+
+    batch = {"teacher_scores": np.array([[6.0, -7.0, -8.0, 9.0], [5.0, -2.0, 0.5, -9.0]], np.float32),
+             "mask": np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.float32),  # the 9.0 is padding
+             "weight": np.array([1.0, 1.0], np.float32)}
+    raw = load_config("configs/splade_mse_flops.py:tiny", [])
+    with caplog.at_level("WARNING", logger="distill_jax.train.trainer"):
+        assert check_mse_targets(raw, batch) == pytest.approx(4 / 7)
+    assert "teacher_shift" in caplog.text and "min -9.00" in caplog.text
+    caplog.clear()
+    shifted = load_config("configs/splade_mse_flops.py:tiny", ['loss.hp={"teacher_shift": 9.0}'])
+    scaled = load_config("configs/splade_mse_flops.py:tiny", ['loss.hp={"teacher_scale": 0.5, "teacher_shift": 4.5}'])
+    with caplog.at_level("WARNING", logger="distill_jax.train.trainer"):
+        assert check_mse_targets(shifted, batch) == 0.0
+        assert check_mse_targets(scaled, batch) == pytest.approx(0.0)
+        assert check_mse_targets(load_config("configs/splade_margin_mse.py:tiny", []), batch) == 0.0
+        assert check_mse_targets(load_config("configs/colbert_margin_mse.py:tiny", ["loss.name=mse"]), batch) == 0.0
+    assert caplog.text == ""

@@ -84,17 +84,28 @@ def fixed_margin_mse(student_scores: jax.Array, teacher_scores: jax.Array | None
 
 
 @losses.register("mse")
-def mse(student_scores: jax.Array, teacher_scores: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Pointwise MSE between student and teacher scores, ``mean_{b,k} (s_bk - t_bk)^2`` over real candidates.
+def mse(student_scores: jax.Array, teacher_scores: jax.Array, mask: jax.Array | None = None, *,
+        teacher_scale: float = 1.0, teacher_shift: float = 0.0) -> jax.Array:
+    """Pointwise MSE between student scores and (affinely mapped) teacher scores,
+    ``mean_{b,k} (s_bk - (teacher_scale * t_bk + teacher_shift))^2`` over real candidates.
+
+    The map matters when the student's score range cannot hold the teacher's: a SPLADE dot product is >= 0, while
+    a cross-encoder's logits are negative for most negatives (about -7 on SciFact). Raw logits then ask for 0 on
+    every negative, and zero activations are the nearest optimum (FLOPS drives SPLADE there and a relu that is off
+    everywhere never comes back); shifting the targets to >= 0 (e.g. ``teacher_shift=8``) keeps the positives
+    above the negatives in a range the student can reach. Pointwise MSE is the only loss of the zoo that needs it:
+    margins and softmaxes do not see a shift.
 
     Args:
       student_scores: [B, N].
       teacher_scores: [B, N].
       mask: [B, N] real candidates.
+      teacher_scale, teacher_shift: the target is ``teacher_scale * t + teacher_shift``.
     Returns:
       scalar.
     """
     check_scores("mse", student_scores, teacher_scores, mask)
     mask = as_bool(mask, student_scores)
-    diff = zero_padding(student_scores, mask) - zero_padding(teacher_scores, mask)
+    target = teacher_scale * teacher_scores + teacher_shift
+    diff = zero_padding(student_scores, mask) - zero_padding(target, mask)
     return masked_mean(diff * diff, mask)

@@ -155,6 +155,24 @@ def _device_batch(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k != "index"}
 
 
+def check_mse_targets(cfg: TrainConfig, batch: dict[str, Any], threshold: float = 0.05) -> float:
+    """Warns when pointwise MSE asks a SPLADE student for scores below 0 (a dot product of non-negative vectors
+    cannot go there; the loss then pulls every activation to zero). Returns the fraction of real candidates of
+    ``batch`` whose target ``teacher_scale * t + teacher_shift`` is negative (0.0 for other losses and kinds)."""
+    if cfg.model.kind != "splade" or cfg.loss.name != "mse":
+        return 0.0
+    hp = cfg.loss.hp
+    target = hp.get("teacher_scale", 1.0) * np.asarray(batch["teacher_scores"]) + hp.get("teacher_shift", 0.0)
+    real = (np.asarray(batch["mask"]) * np.asarray(batch["weight"])[:, None]) > 0
+    frac = float(np.mean(target[real] < 0)) if real.any() else 0.0
+    if frac > threshold:
+        log.warning("%.0f%% of this batch's MSE targets are below 0, which a SPLADE score (a dot product of "
+                    "non-negative vectors) cannot reach (min %.2f): the loss will push activations to zero. Shift "
+                    "the targets, e.g. --set 'loss.hp={\"teacher_shift\": %.1f}', or use margin_mse / kl.",
+                    100 * frac, float(target[real].min()), max(1.0, float(np.ceil(-np.percentile(target[real], 25)))))
+    return frac
+
+
 def _check_ids(batch: dict[str, Any], vocab_size: int) -> None:
     from distill_jax.models import check_token_ids
 
@@ -346,6 +364,8 @@ def train(cfg: TrainConfig, mesh=None) -> dict[str, Any]:
         while step < cfg.steps:
             batch = next(loader)
             _check_ids(batch, enc.vocab_size)
+            if step == start and primary:
+                check_mse_targets(cfg, batch)
             state, metrics = train_step(state, distributed.global_batch(_device_batch(batch), mesh))
             step += 1
             if pending is not None:
