@@ -5,11 +5,10 @@
 
 Steps:
 1. BM25 top-k candidates of every train query (``distill_jax.data.negatives.mine_bm25``), positives from qrels.
-2. INTERIM TEACHER (no cross-encoder teacher exists yet): the bi-encoder all-MiniLM-L6-v2 cosine similarity of
-   (query, candidate), times 20, computed with sentence-transformers. It is NOT a cross-encoder: students learn to
-   imitate a bi-encoder here, so the absolute quality is not the point; the run shows that losses fall, rank
-   agreement with the teacher rises and FLOPS makes SPLADE sparse. Swap in the real teacher's dataset with
-   ``--dataset DIR`` once it exists.
+2. Without ``--dataset``: an interim teacher, the bi-encoder all-MiniLM-L6-v2 cosine of (query, candidate) x 20
+   (sentence-transformers); it is NOT a cross-encoder and only shows the trainer at work. With ``--dataset DIR``:
+   any teacher-score dataset, e.g. the cross-encoder teacher's (``distill-jax train-teacher`` then ``distill-jax
+   mine`` + ``distill-jax score``, README "The teacher and the answer key"), which is what the students should learn.
 3. The teacher-score dataset is written with ``distill_jax.data.teacher_scores`` (TFDS ArrayRecord).
 4. Three trainings with ``distill_jax.train.train`` (the same code as ``distill-jax train``): ColBERT Margin-MSE,
    SPLADE MSE + FLOPS, SPLADE MSE without regulariser; a summary table (first/last logged values) is printed and
@@ -68,9 +67,9 @@ def build_dataset(collection_dir: str, out: str, k: int, max_queries: int) -> st
 
 
 def rank_agreement(cfg, n_batches: int = 40, candidates: int = 8) -> dict:
-    """Teacher-student Spearman per query (mean) on a FIXED set of batches (loader seed 12345, 8 candidates),
-    for the starting parameters and for the run's last checkpoint: far less noisy than the per-step training
-    metric (4 queries x 4 candidates)."""
+    """Teacher-student Spearman per query (mean), the main loss (no regulariser) and SPLADE's non-zero terms per
+    document, on a FIXED set of batches (loader seed 12345, 8 candidates), for the starting parameters and for the
+    run's last checkpoint: far less noisy than the per-step training metrics (4 queries x 4 candidates)."""
     import dataclasses
 
     import jax
@@ -79,7 +78,7 @@ def rank_agreement(cfg, n_batches: int = 40, candidates: int = 8) -> dict:
     from distill_jax import distributed
     from distill_jax.train import checkpoint as ckpt_lib
     from distill_jax.train import state as state_lib
-    from distill_jax.train.step import make_score_fn, spearman_per_query
+    from distill_jax.train.step import make_loss_fn, make_score_fn, spearman_per_query
     from distill_jax.train.trainer import make_loader
 
     mesh = distributed.make_mesh()
@@ -92,16 +91,20 @@ def rank_agreement(cfg, n_batches: int = 40, candidates: int = 8) -> dict:
     eval_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seed=12345, n_candidates=candidates))
     loader = make_loader(eval_cfg, model.cfg.vocab_size)
     batches = [next(loader) for _ in range(n_batches)]
+    loss_fn = jax.jit(make_loss_fn(model, eval_cfg))
     score = make_score_fn(model, cfg.model.kind)
     out = {}
     for name, params in (("start", start_params), (f"step_{step}", final.params)):
-        rhos = []
+        rhos, parts = [], []
         for b in batches:
-            dev = {k: v for k, v in b.items() if k != "index"}
-            s = score(params, jax.tree.map(jax.numpy.asarray, dev))
-            rho, ok = spearman_per_query(s, dev["teacher_scores"], dev["mask"] * dev["weight"][:, None])
+            dev = jax.tree.map(jax.numpy.asarray, {k: v for k, v in b.items() if k != "index"})
+            _, (means, _) = loss_fn(params, dev, None, 0)
+            rho, ok = spearman_per_query(score(params, dev), dev["teacher_scores"],
+                                         dev["mask"] * dev["weight"][:, None])
             rhos += [float(r) for r, d in zip(np.asarray(rho), np.asarray(ok)) if d]
-        out[name] = round(float(np.mean(rhos)), 4)
+            parts.append({k: float(v) for k, v in means.items() if k in ("loss_main", "nnz_doc", "nnz_query")})
+        out[name] = {"spearman": round(float(np.mean(rhos)), 4),
+                     **{k: round(float(np.mean([p[k] for p in parts])), 3) for k in parts[0]}}
     out["queries"] = len(rhos)
     return out
 
@@ -130,7 +133,7 @@ def run_configs(args, dataset: str):
         own = [f"workdir={os.path.join(args.out, name)}", f"name={name}"]
         cfg = load_config(path, common + extra + list(args.overrides) + own)
         if args.agreement_only:
-            print(json.dumps({name: {"spearman_fixed_set": rank_agreement(cfg, args.agreement_batches)}}), flush=True)
+            print(json.dumps({name: {"fixed_set": rank_agreement(cfg, args.agreement_batches)}}), flush=True)
             continue
         logging.info("run %s", name)
         train(cfg)
@@ -138,7 +141,7 @@ def run_configs(args, dataset: str):
         rows = [r for r in rows if "loss_mean" in r]
         keys = ("loss_mean", "spearman", "nnz_query", "nnz_doc", "examples_per_s")
         summary[name] = {"first": {k: rows[0].get(k) for k in keys}, "last": {k: rows[-1].get(k) for k in keys},
-                         "steps": rows[-1]["step"], "spearman_fixed_set": rank_agreement(cfg, args.agreement_batches)}
+                         "steps": rows[-1]["step"], "fixed_set": rank_agreement(cfg, args.agreement_batches)}
         print(json.dumps({name: summary[name]}), flush=True)
     if summary:
         with open(os.path.join(args.out, f"summary_{'_'.join(summary)}.json"), "w") as f:
@@ -166,7 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="*", default=[], dest="overrides",
                    help="extra config overrides for every run (distill-jax train's --set syntax)")
     p.add_argument("--agreement-only", action="store_true",
-                   help="only measure start vs final rank agreement of finished runs")
+                   help="only measure start vs final rank agreement, loss and sparsity of finished runs")
     args = p.parse_args(argv)
     args.collection = os.path.abspath(args.collection)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
