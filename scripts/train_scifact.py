@@ -133,15 +133,17 @@ def run_configs(args, dataset: str):
         own = [f"workdir={os.path.join(args.out, name)}", f"name={name}"]
         cfg = load_config(path, common + extra + list(args.overrides) + own)
         if args.agreement_only:
-            print(json.dumps({name: {"fixed_set": rank_agreement(cfg, args.agreement_batches)}}), flush=True)
+            print(json.dumps({name: {"fixed_set": rank_agreement(cfg, args.agreement_batches,
+                                                                           args.agreement_candidates)}}), flush=True)
             continue
         logging.info("run %s", name)
         train(cfg)
         rows = [json.loads(line) for line in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
         rows = [r for r in rows if "loss_mean" in r]
         keys = ("loss_mean", "spearman", "nnz_query", "nnz_doc", "examples_per_s")
+        fixed = rank_agreement(cfg, args.agreement_batches, args.agreement_candidates)
         summary[name] = {"first": {k: rows[0].get(k) for k in keys}, "last": {k: rows[-1].get(k) for k in keys},
-                         "steps": rows[-1]["step"], "fixed_set": rank_agreement(cfg, args.agreement_batches)}
+                         "steps": rows[-1]["step"], "fixed_set": fixed}
         print(json.dumps({name: summary[name]}), flush=True)
     if summary:
         with open(os.path.join(args.out, f"summary_{'_'.join(summary)}.json"), "w") as f:
@@ -166,6 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=5e-5, help="AdamW peak learning rate")
     p.add_argument("--lam", type=float, default=0.05, help="FLOPS lambda_q = lambda_d")
     p.add_argument("--agreement-batches", type=int, default=40, help="fixed batches (4 queries x 8) for it")
+    p.add_argument("--agreement-candidates", type=int, default=8, help="candidates per query of the fixed set")
     p.add_argument("--set", nargs="*", default=[], dest="overrides",
                    help="extra config overrides for every run (distill-jax train's --set syntax)")
     p.add_argument("--agreement-only", action="store_true",
