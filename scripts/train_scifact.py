@@ -78,8 +78,8 @@ def rank_agreement(cfg, n_batches: int = 40, candidates: int = 8) -> dict:
     from distill_jax import distributed
     from distill_jax.train import checkpoint as ckpt_lib
     from distill_jax.train import state as state_lib
-    from distill_jax.train.step import make_loss_fn, make_score_fn, spearman_per_query
-    from distill_jax.train.trainer import make_loader
+    from distill_jax.train.step import make_loss_fn
+    from distill_jax.train.trainer import _device_batch, make_loader
 
     mesh = distributed.make_mesh()
     model, _, start_params = state_lib.make_model(cfg)
@@ -92,20 +92,17 @@ def rank_agreement(cfg, n_batches: int = 40, candidates: int = 8) -> dict:
     loader = make_loader(eval_cfg, model.cfg.vocab_size)
     batches = [next(loader) for _ in range(n_batches)]
     loss_fn = jax.jit(make_loss_fn(model, eval_cfg))
-    score = make_score_fn(model, cfg.model.kind)
     out = {}
     for name, params in (("start", start_params), (f"step_{step}", final.params)):
-        rhos, parts = [], []
+        parts, queries = [], []
         for b in batches:
-            dev = jax.tree.map(jax.numpy.asarray, {k: v for k, v in b.items() if k != "index"})
-            _, (means, _) = loss_fn(params, dev, None, 0)
-            rho, ok = spearman_per_query(score(params, dev), dev["teacher_scores"],
-                                         dev["mask"] * dev["weight"][:, None])
-            rhos += [float(r) for r, d in zip(np.asarray(rho), np.asarray(ok)) if d]
-            parts.append({k: float(v) for k, v in means.items() if k in ("loss_main", "nnz_doc", "nnz_query")})
-        out[name] = {"spearman": round(float(np.mean(rhos)), 4),
-                     **{k: round(float(np.mean([p[k] for p in parts])), 3) for k in parts[0]}}
-    out["queries"] = len(rhos)
+            _, (means, sums) = loss_fn(params, jax.tree.map(jax.numpy.asarray, _device_batch(b)), None, 0)
+            parts.append({k: float(v) for k, v in means.items() if k in ("spearman", "loss_main", "nnz_doc",
+                                                                          "nnz_query")})
+            queries.append(float(sums["spearman_queries"]))  # the batch's spearman is a mean over these
+        out[name] = {k: round(float(np.average([p[k] for p in parts],
+                                               weights=queries if k == "spearman" else None)), 4) for k in parts[0]}
+    out["queries"] = int(sum(queries))
     return out
 
 

@@ -83,6 +83,11 @@ def fixed_margin_mse(student_scores: jax.Array, teacher_scores: jax.Array | None
     return masked_mean(diff * diff, valid)
 
 
+def mse_targets(teacher_scores, teacher_scale: float = 1.0, teacher_shift: float = 0.0):
+    """``teacher_scale * t + teacher_shift``: the targets of :func:`mse` (jax or numpy arrays alike)."""
+    return teacher_scale * teacher_scores + teacher_shift
+
+
 @losses.register("mse")
 def mse(student_scores: jax.Array, teacher_scores: jax.Array, mask: jax.Array | None = None, *,
         teacher_scale: float = 1.0, teacher_shift: float = 0.0) -> jax.Array:
@@ -106,6 +111,6 @@ def mse(student_scores: jax.Array, teacher_scores: jax.Array, mask: jax.Array | 
     """
     check_scores("mse", student_scores, teacher_scores, mask)
     mask = as_bool(mask, student_scores)
-    target = teacher_scale * teacher_scores + teacher_shift
+    target = mse_targets(teacher_scores, teacher_scale, teacher_shift)
     diff = zero_padding(student_scores, mask) - zero_padding(target, mask)
     return masked_mean(diff * diff, mask)

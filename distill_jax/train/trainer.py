@@ -161,8 +161,9 @@ def check_mse_targets(cfg: TrainConfig, batch: dict[str, Any], threshold: float 
     ``batch`` whose target ``teacher_scale * t + teacher_shift`` is negative (0.0 for other losses and kinds)."""
     if cfg.model.kind != "splade" or cfg.loss.name != "mse":
         return 0.0
-    hp = cfg.loss.hp
-    target = hp.get("teacher_scale", 1.0) * np.asarray(batch["teacher_scores"]) + hp.get("teacher_shift", 0.0)
+    from distill_jax.losses.pairwise import mse_targets
+
+    target = mse_targets(np.asarray(batch["teacher_scores"]), **cfg.loss.hp)
     real = (np.asarray(batch["mask"]) * np.asarray(batch["weight"])[:, None]) > 0
     frac = float(np.mean(target[real] < 0)) if real.any() else 0.0
     if frac > threshold:
