@@ -94,7 +94,8 @@ def export_run(workdir: str, out_dir: str, step: int | None = None) -> tuple[str
     """
     from distill_jax.config import from_dict
     from distill_jax.models.encoder import EncoderConfig
-    from distill_jax.train.state import encoder_config, resolve_checkpoint
+    from distill_jax.models.hf import resolve_checkpoint_dir
+    from distill_jax.train.state import encoder_config
 
     with open(os.path.join(workdir, "config.json")) as f:
         cfg = from_dict(json.load(f))

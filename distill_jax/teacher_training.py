@@ -107,7 +107,7 @@ def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test
     from distill_jax.export import restore_params, save_pretrained
     from distill_jax.models.encoder import EncoderConfig
     from distill_jax.teacher import evaluate_reranking
-    from distill_jax.train.state import resolve_checkpoint
+    from distill_jax.models.hf import resolve_checkpoint_dir
     from distill_jax.train.trainer import train
 
     work = os.path.abspath(cfg.workdir)
@@ -124,7 +124,7 @@ def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test
     )
     out = train(run_cfg)
     params, best_step = restore_params(work, run_cfg)
-    base = resolve_checkpoint(cfg.model.checkpoint)
+    base = resolve_checkpoint_dir(cfg.model.checkpoint)
     teacher_dir = save_pretrained("cross_encoder", EncoderConfig.from_pretrained_dir(base), params,
                                   os.path.join(work, "teacher"), tokenizer_dir=base)
     results = evaluate_reranking(teacher_dir, cfg.data.collection_dir, eval_split, k=test_depth,

@@ -31,13 +31,14 @@ def passage_text(title: str, text: str) -> str:
     return (title + " " + text).strip() if title else text.strip()
 
 
-def _open_text(path: str):
+def open_text(path: str):
+    """A text file for reading (UTF-8), gunzipped on the fly when the name ends in ``.gz``."""
     return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
 
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
     """Yields (1-based line number, object); blank lines are skipped, malformed ones raise DataError."""
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -141,7 +142,7 @@ def read_qrels(path: str, corpus_ids: Iterable[str] | None = None,
     docs = corpus_ids if corpus_ids is None or isinstance(corpus_ids, (set, dict)) else set(corpus_ids)
     qs = query_ids if query_ids is None or isinstance(query_ids, (set, dict)) else set(query_ids)
     qrels: dict[str, dict[str, int]] = {}
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line.strip():

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from distill_jax.data.collections import DataError, _open_text
+from distill_jax.data.collections import DataError, open_text
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +467,7 @@ def read_hofstaetter_tsv(path: str, checker: RecordChecker | None = None) -> Ite
     """
     seen_q: set[str] = set()
     group: dict | None = None
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line:
@@ -519,7 +519,7 @@ def read_ce_scores(path: str, allow_pickle: bool = False) -> dict[str, dict[str,
         with opener(path, "rb") as f:
             raw = pickle.load(f)  # noqa: S301 (opt-in above)
     else:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             raw = json.load(f)
     return {str(q): {str(p): float(s) for p, s in d.items()} for q, d in raw.items()}
 
@@ -561,7 +561,7 @@ def read_st_hard_negatives(path: str, ce_scores: dict[str, dict[str, float]] | N
 
 
 def _iter_jsonl_lines(path: str) -> Iterator[tuple[int, dict]]:
-    with _open_text(path) as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:

