@@ -100,7 +100,7 @@ def export_run(workdir: str, out_dir: str, step: int | None = None) -> tuple[str
     with open(os.path.join(workdir, "config.json")) as f:
         cfg = from_dict(json.load(f))
     params, step = restore_params(workdir, cfg, step)
-    base = resolve_checkpoint(cfg.model.checkpoint) if cfg.model.checkpoint else None
+    base = resolve_checkpoint_dir(cfg.model.checkpoint) if cfg.model.checkpoint else None
     enc = EncoderConfig.from_pretrained_dir(base) if base else encoder_config(cfg.model)
     save_pretrained(cfg.model.kind, enc, params, out_dir, tokenizer_dir=cfg.data.tokenizer or base)
     return out_dir, step
