@@ -18,7 +18,12 @@ import os
 import typing
 from typing import Any
 
-STUDENT_KINDS = ("colbert", "splade", "dense", "cross_encoder")
+STUDENT_KINDS = ("colbert", "splade", "dense", "cross_encoder")  # the objects live in distill_jax.kinds
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field, the value and the fix."""
+
 DTYPES = ("float32", "bfloat16")
 
 
@@ -249,14 +254,14 @@ class TrainConfig:
 
 def _choice(value, options, field):
     if value not in options:
-        raise ValueError(f"{field} = {value!r}; use one of {', '.join(map(repr, options))}")
+        raise ConfigError(f"{field} = {value!r}; use one of {', '.join(map(repr, options))}")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Checks values that would otherwise fail deep inside a jit trace; returns ``cfg``.
 
     Raises:
-      ValueError: naming the field and the accepted values.
+      ConfigError: naming the field and the accepted values.
     """
     _choice(cfg.model.kind, STUDENT_KINDS, "model.kind")
     _choice(cfg.model.dtype, DTYPES, "model.dtype")
@@ -269,17 +274,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                      ("data.n_candidates", cfg.data.n_candidates), ("optim.grad_accum", cfg.optim.grad_accum),
                      ("log_every", cfg.log_every)):
         if v < 1:
-            raise ValueError(f"{field} = {v}; it must be >= 1")
+            raise ConfigError(f"{field} = {v}; it must be >= 1")
     if cfg.data.batch_size % cfg.optim.grad_accum:
-        raise ValueError(f"data.batch_size {cfg.data.batch_size} is not divisible by optim.grad_accum "
+        raise ConfigError(f"data.batch_size {cfg.data.batch_size} is not divisible by optim.grad_accum "
                          f"{cfg.optim.grad_accum}: every micro-batch must hold the same number of queries")
     if (cfg.loss.regularizer_q or cfg.loss.regularizer_d) and cfg.model.kind != "splade":
-        raise ValueError(f"loss.regularizer_q/regularizer_d are SPLADE sparsity terms, but model.kind is "
+        raise ConfigError(f"loss.regularizer_q/regularizer_d are SPLADE sparsity terms, but model.kind is "
                          f"{cfg.model.kind!r}; clear them or train a SPLADE student")
     if cfg.loss.in_batch and cfg.model.kind == "cross_encoder":
-        raise ValueError("loss.in_batch needs independent query/document encoders; a cross-encoder scores pairs only")
+        raise ConfigError("loss.in_batch needs independent query/document encoders; a cross-encoder scores pairs only")
     if cfg.data.source == "dataset" and not cfg.data.dataset_dir:
-        raise ValueError("data.dataset_dir is empty: point it at a teacher-score dataset "
+        raise ConfigError("data.dataset_dir is empty: point it at a teacher-score dataset "
                          "(--set data.dataset_dir=PATH) or use --set data.source=synthetic")
     return cfg
 

@@ -14,7 +14,7 @@ from distill_jax.config import CheckpointConfig, load_config
 from distill_jax.train import checkpoint as ckpt_lib
 from distill_jax.train import state as state_lib
 from distill_jax.train.step import compile_train_step
-from distill_jax.train.trainer import SyntheticBatches
+from distill_jax.data.synthetic import SyntheticBatches
 
 
 @pytest.fixture(autouse=True, scope="module")

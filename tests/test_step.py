@@ -14,9 +14,10 @@ import scipy.stats
 from distill_jax import distributed
 from distill_jax.config import load_config
 from distill_jax.train import state as state_lib
-from distill_jax.train.forward import forward
-from distill_jax.train.step import compile_train_step, spearman_per_query
-from distill_jax.train.trainer import SyntheticBatches
+from distill_jax.kinds import forward
+from distill_jax.train.metrics import spearman_per_query
+from distill_jax.train.step import compile_train_step
+from distill_jax.data.synthetic import SyntheticBatches
 
 FAST_RECIPES = ("splade_mse_flops", "colbert_infonce", "colbert_kl")
 SLOW_RECIPES = ("colbert_margin_mse", "splade_margin_mse", "splade_infonce", "dense_margin_mse", "dense_infonce")
@@ -69,7 +70,7 @@ def run(recipe: str, n_devices: int, fsdp: int = 1, steps: int = 2, extra: tuple
     metrics = []
     for i in range(steps):
         state, m = step(state, distributed.global_batch(batch_of(cfg, i, full_mask=full_mask), mesh))
-        metrics.append({k: float(v) for k, v in m.items()})
+        metrics.append({k: float(v) for k, v in m.items() if np.ndim(v) == 0})  # scalars (not the [B, N] scores)
     return jax.device_get(state.params), metrics, step._cache_size(), jax.device_get(state.step)
 
 

@@ -1,31 +1,21 @@
 """Hard-negative mining: BM25 (bm25s), any model through a scoring callable, and fusion of several retrievers.
 
-Output (``write_candidates``): one JSON object a line, ``{"qid": str, "pos": [doc ids], "neg": [doc ids]}``,
-negatives best first, judged positives (grade > 0) never among them. This is the input of teacher scoring
-(``distill-jax score``) and of :mod:`distill_jax.data.teacher_scores`.
-
-Command line::
-
-    distill-jax mine --collection ../shared/data/scifact --split train --k 100 --out scifact-bm25.jsonl
-    distill-jax mine --merge bm25.jsonl student.jsonl --fusion rrf --k 64 --out merged.jsonl
+Every function returns runs (:data:`distill_jax.data.candidates.Run`); turning them into candidate lists and files
+is :mod:`distill_jax.data.candidates`' job, measuring them is :mod:`distill_jax.eval`'s. Command line:
+``distill-jax mine`` (:mod:`distill_jax.cli.mine`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from distill_jax.data.collections import Collection, DataError, _open_text
+from distill_jax.data.candidates import Run
 
 log = logging.getLogger(__name__)
-
-Run = dict[str, list[tuple[str, float]]]  # qid -> [(doc id, score)] best first
-
 
 @dataclasses.dataclass(frozen=True)
 class BM25Config:
@@ -152,122 +142,3 @@ def fuse(runs: Sequence[Run], method: str = "rrf", k: int | None = None, rrf_k: 
             ranked = [(d, -float(i)) for i, d in enumerate(seen)]
         fused[qid] = ranked[:k] if k is not None else ranked
     return fused
-
-
-def candidates_from_run(run: Run, qrels: dict[str, dict[str, int]], k: int | None = None) -> list[dict]:
-    """Turns a run into candidate lists: judged positives (grade > 0) apart, never among the negatives.
-
-    Queries without a judged positive are skipped and counted in the log (nothing to distil towards).
-    """
-    out, skipped = [], 0
-    for qid, ranked in run.items():
-        pos = [d for d, g in qrels.get(qid, {}).items() if g > 0]
-        if not pos:
-            skipped += 1
-            continue
-        pos_set = set(pos)
-        neg = [d for d, _ in ranked if d not in pos_set]
-        out.append({"qid": qid, "pos": pos, "neg": neg[:k] if k is not None else neg})
-    if skipped:
-        log.warning("candidates: skipped %d queries without a judged positive", skipped)
-    return out
-
-
-def write_candidates(path: str, candidates: Sequence[dict]) -> None:
-    """Writes candidate lists as JSONL (``{"qid", "pos", "neg"}`` a line)."""
-    import os
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for c in candidates:
-            f.write(json.dumps({"qid": c["qid"], "pos": list(c["pos"]), "neg": list(c["neg"])}) + "\n")
-    os.replace(tmp, path)
-
-
-def read_candidates(path: str) -> list[dict]:
-    """Reads candidate JSONL written by :func:`write_candidates` (ids are returned as strings)."""
-    out = []
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                out.append({"qid": str(obj["qid"]), "pos": [str(p) for p in obj["pos"]],
-                            "neg": [str(n) for n in obj["neg"]]})
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path}:{lineno}: expected {{'qid', 'pos': [...], 'neg': [...]}} ({e!r})") from None
-    return out
-
-
-def candidates_to_run(candidates: Sequence[dict]) -> Run:
-    """Ranked negatives as a run (score = minus the rank), for fusing candidate files."""
-    return {c["qid"]: [(d, -float(i)) for i, d in enumerate(c["neg"])] for c in candidates}
-
-
-def mine_bm25(collection: Collection, k: int = 100, config: BM25Config = BM25Config(),
-              n_threads: int = 0) -> tuple[list[dict], dict[str, float]]:
-    """BM25 candidates for the collection's (split) queries, and the recall of the positives.
-
-    Returns:
-      (candidate lists with up to ``k`` negatives each, ``{"R@k": ...}`` of the BM25 top-k computed by ir-measures
-      on the split's qrels; empty when the collection has no qrels).
-    """
-    from distill_jax.evaluate import evaluate_run
-
-    doc_ids, texts = collection.passages()
-    run = bm25_search(doc_ids, texts, collection.queries, k, config, n_threads)
-    metrics = {}
-    if collection.qrels:
-        metrics = evaluate_run(collection.qrels, {q: dict(r) for q, r in run.items()}, (f"R@{k}",))
-    return candidates_from_run(run, collection.qrels, k), metrics
-
-
-def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="distill-jax mine", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--collection", help="BEIR folder to mine with BM25")
-    parser.add_argument("--split", default="train", help="qrels split whose queries are mined")
-    parser.add_argument("--merge", nargs="+", metavar="JSONL", help="fuse these candidate files instead of mining")
-    parser.add_argument("--fusion", default="rrf", choices=["rrf", "round_robin"])
-    parser.add_argument("--k", type=int, default=100, help="retrieval depth and negatives kept per query")
-    parser.add_argument("--out", required=True, help="output candidate JSONL")
-    parser.add_argument("--k1", type=float, default=BM25Config.k1)
-    parser.add_argument("--b", type=float, default=BM25Config.b)
-    parser.add_argument("--method", default=BM25Config.method)
-    parser.add_argument("--stopwords", default=BM25Config.stopwords, help="bm25s stopword list ('none' for none)")
-    parser.add_argument("--stemmer", default=None, help="PyStemmer algorithm, e.g. english (needs PyStemmer)")
-    parser.add_argument("--threads", type=int, default=0, help="bm25s retrieval threads (0: one)")
-    parser.add_argument("--empty-docs", default="raise", choices=["raise", "skip", "keep"],
-                        help="documents with no title and no text (Cranfield has two)")
-    args = parser.parse_args(argv[1:])
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-    if args.merge:
-        runs = [candidates_to_run(read_candidates(p)) for p in args.merge]
-        pos = {}
-        for p in args.merge:
-            for c in read_candidates(p):
-                pos.setdefault(c["qid"], dict.fromkeys(c["pos"]))
-        fused = fuse(runs, args.fusion, None)
-        cands = [{"qid": q, "pos": list(pos[q]), "neg": [d for d, _ in r if d not in pos[q]][:args.k]}
-                 for q, r in fused.items()]
-        write_candidates(args.out, cands)
-        print(f"fused {len(args.merge)} files ({args.fusion}): {len(cands)} queries -> {args.out}")
-        return 0
-    if not args.collection:
-        parser.error("give --collection (mine) or --merge (fuse)")
-
-    from distill_jax.data.collections import load_collection
-
-    collection = load_collection(args.collection, args.split, on_empty=args.empty_docs)
-    config = BM25Config(k1=args.k1, b=args.b, method=args.method,
-                        stopwords=None if args.stopwords in (None, "none") else args.stopwords,
-                        stemmer=args.stemmer)
-    cands, metrics = mine_bm25(collection, args.k, config, args.threads)
-    write_candidates(args.out, cands)
-    print(f"BM25 top-{args.k} for {len(collection.queries)} {args.split} queries of {args.collection} "
-          f"-> {args.out} ({len(cands)} candidate lists)")
-    for name, value in metrics.items():
-        print(f"recall of the positives {name} (ir-measures): {value:.4f}")
-    return 0

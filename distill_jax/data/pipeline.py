@@ -42,12 +42,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from distill_jax import kinds
 from distill_jax.data.collections import DataError, TextTable
 from distill_jax.data.teacher_scores import BadInputPolicy, RecordChecker, TeacherScoreDataset, load_teacher_scores
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = ("colbert", "splade", "dense", "cross_encoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +104,8 @@ class LoaderConfig:
             raise ValueError(f"LoaderConfig.sampling={self.sampling!r}: use 'hardest' or 'random'")
         if self.teacher_combine not in ("column", "mean", "zmean"):
             raise ValueError(f"LoaderConfig.teacher_combine={self.teacher_combine!r}: use column, mean or zmean")
-        if self.model_kind not in MODEL_KINDS:
-            raise ValueError(f"LoaderConfig.model_kind={self.model_kind!r}: one of {MODEL_KINDS}")
+        if self.model_kind not in kinds.KINDS:
+            raise ValueError(f"LoaderConfig.model_kind={self.model_kind!r}: one of {tuple(kinds.KINDS)}")
         if self.num_candidates < 1 or self.batch_size < 1:
             raise ValueError("LoaderConfig.batch_size and num_candidates must be >= 1")
 
@@ -190,11 +190,8 @@ class TrainLoader:
         if config.teacher_combine == "column" and config.teacher_column >= len(self.dataset.teacher_names):
             raise ValueError(f"teacher_column {config.teacher_column} but the dataset has teachers "
                              f"{self.dataset.teacher_names}")
-        if config.model_kind == "colbert":
-            from distill_jax.models.colbert import ColBERTConfig
-
-            self.colbert = dataclasses.replace(colbert or ColBERTConfig(), query_maxlen=config.query_maxlen,
-                                               doc_maxlen=config.doc_maxlen)
+        self.spec = kinds.get(config.model_kind).token_spec(config.query_maxlen, config.doc_maxlen,
+                                                           config.pair_maxlen, colbert)
         self._tokenizer = tokenizer
         self.valid, self.skipped = self._scan()
         if len(self.valid) == 0:
@@ -259,7 +256,7 @@ class TrainLoader:
                                 desc="tokenising passages")
         queries = TokenTable.build(self.queries, self._tokenizer, max(cfg.query_maxlen - 2, pair_room, 1), cache,
                                    desc="tokenising queries")
-        if cfg.model_kind == "colbert":
+        if self.spec.layout == "colbert":
             n = int(np.sum(np.asarray(queries.lengths) > cfg.query_maxlen - 3))
             if n:  # once here, instead of at every batch as the text path does
                 warnings.warn(f"{n} of {len(queries)} queries have more than {cfg.query_maxlen - 3} tokens and "
@@ -306,39 +303,18 @@ class TrainLoader:
         """The token groups of a batch from the token tables (rows [B] and [B*N]), framed with numpy."""
         from distill_jax.data import tokenize as tk
 
-        cfg, lay = self.config, tk.layout(self._tokenizer)
-        b, n = len(q_rows), cfg.num_candidates
-        shape = lambda d: {k: v.reshape(b, n, -1) for k, v in d.items()}  # noqa: E731
-        if cfg.model_kind == "cross_encoder":
-            room = cfg.pair_maxlen - 3
-            pairs = tk.assemble_pairs(self.query_tokens.gather(np.repeat(q_rows, n), room),
-                                      self.doc_tokens.gather(d_rows, room), cfg.pair_maxlen, lay)
-            return {"pairs": shape(pairs)}
-        if cfg.model_kind == "colbert":
-            qb = self.query_tokens.gather(q_rows, cfg.query_maxlen - 3)
-            db = self.doc_tokens.gather(d_rows, cfg.doc_maxlen - 3)
-            return {"query": tk.assemble_colbert_queries(qb, self.colbert, lay),
-                    "docs": shape(tk.assemble_colbert_documents(db, self.colbert, lay))}
-        qb = self.query_tokens.gather(q_rows, cfg.query_maxlen - 2)
-        db = self.doc_tokens.gather(d_rows, cfg.doc_maxlen - 2)
-        return {"query": tk.assemble_texts(qb, cfg.query_maxlen, lay),
-                "docs": shape(tk.assemble_texts(db, cfg.doc_maxlen, lay))}
+        n = self.config.num_candidates
+        q_room, d_room = self.spec.rooms
+        if self.spec.layout == "pairs":  # a (query, passage) pair per candidate
+            q_rows = np.repeat(q_rows, n)
+        return tk.assemble_groups(self.spec, tk.layout(self._tokenizer), self.query_tokens.gather(q_rows, q_room),
+                                  self.doc_tokens.gather(d_rows, d_room), n)
 
     def _tokenize(self, queries: list[str], docs: list[str]) -> dict:
         """The token groups of a batch from its texts (the text path, ``pretokenize=False``)."""
         from distill_jax.data import tokenize as tk
 
-        cfg, tok = self.config, self._tokenizer
-        b, n = len(queries), cfg.num_candidates
-        shape = lambda d: {k: v.reshape(b, n, -1) for k, v in d.items()}  # noqa: E731
-        if cfg.model_kind == "cross_encoder":
-            pairs = tk.encode_pairs(tok, [q for q in queries for _ in range(n)], docs, cfg.pair_maxlen)
-            return {"pairs": shape(pairs)}
-        if cfg.model_kind == "colbert":
-            return {"query": tk.encode_colbert_queries(tok, queries, self.colbert),
-                    "docs": shape(tk.encode_colbert_documents(tok, docs, self.colbert))}
-        return {"query": tk.encode_texts(tok, queries, cfg.query_maxlen),
-                "docs": shape(tk.encode_texts(tok, docs, cfg.doc_maxlen))}
+        return tk.encode_groups(self._tokenizer, self.spec, queries, docs)
 
     # ------------------------------------------------------------------------------------------- iteration
     @property

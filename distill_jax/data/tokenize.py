@@ -401,6 +401,54 @@ def encode_colbert_documents(tok: Any, docs: Sequence[str], cfg: ColBERTConfig) 
     return assemble_colbert_documents(body, cfg, layout(tok))
 
 
+def _grouped(pairs: Batch | None, query: Batch | None, docs: Batch | None, b: int, n: int) -> dict:
+    shape = lambda d: {k: v.reshape(b, n, -1) for k, v in d.items()}  # noqa: E731
+    if pairs is not None:
+        return {"pairs": shape(pairs)}
+    return {"query": query, "docs": shape(docs)}
+
+
+def encode_groups(tok: Any, spec, queries: Sequence[str], docs: Sequence[str]) -> dict:
+    """The token groups of a batch from its texts: B queries and their B*N candidates (query-major).
+
+    ``spec`` is a :class:`distill_jax.kinds.TokenSpec` (layout "pairs", "colbert" or "text", and the lengths).
+
+    Returns:
+      ``{"pairs": [B, N, Lp]}`` for the pairs layout, else ``{"query": [B, Lq], "docs": [B, N, Ld]}``
+      (dicts of int32 arrays as the ``encode_*`` functions return).
+    """
+    b = len(queries)
+    if b == 0 or len(docs) % b:
+        raise ValueError(f"{len(docs)} candidates for {b} queries: give N candidates per query (query-major)")
+    n = len(docs) // b
+    if spec.layout == "pairs":
+        return _grouped(encode_pairs(tok, [q for q in queries for _ in range(n)], docs, spec.pair_maxlen),
+                        None, None, b, n)
+    if spec.layout == "colbert":
+        return _grouped(None, encode_colbert_queries(tok, queries, spec.colbert),
+                        encode_colbert_documents(tok, docs, spec.colbert), b, n)
+    return _grouped(None, encode_texts(tok, queries, spec.query_maxlen), encode_texts(tok, docs, spec.doc_maxlen),
+                    b, n)
+
+
+def assemble_groups(spec, lay: Layout, query_bodies: Bodies, doc_bodies: Bodies, n: int) -> dict:
+    """:func:`encode_groups` from pre-tokenised bodies (token tables, at least ``spec.rooms`` wide).
+
+    Args:
+      query_bodies: B query bodies; for the pairs layout one per candidate (B*N, each query repeated N times).
+      doc_bodies: B*N candidate bodies, query-major.
+      n: candidates per query N.
+    """
+    b = len(doc_bodies.lengths) // n
+    if spec.layout == "pairs":
+        return _grouped(assemble_pairs(query_bodies, doc_bodies, spec.pair_maxlen, lay), None, None, b, n)
+    if spec.layout == "colbert":
+        return _grouped(None, assemble_colbert_queries(query_bodies, spec.colbert, lay),
+                        assemble_colbert_documents(doc_bodies, spec.colbert, lay), b, n)
+    return _grouped(None, assemble_texts(query_bodies, spec.query_maxlen, lay),
+                    assemble_texts(doc_bodies, spec.doc_maxlen, lay), b, n)
+
+
 def punctuation_ids(tok: Any) -> np.ndarray:
     """Ids of the ``string.punctuation`` characters present in the vocabulary (ColBERT's skiplist)."""
     return layout(tok).punctuation.copy()

@@ -1,4 +1,5 @@
-"""Metric writers: one JSON line per logged step (``metrics.jsonl``) and TensorBoard events (tensorboardX).
+"""Metric writers: one JSON line per logged step (``metrics.jsonl``) and TensorBoard events (tensorboardX), and
+the host-side metrics computed from a step's outputs (rank agreement with the teacher).
 
 A writer is created by the trainer and passed to whoever logs; there is no global tracker. Only process 0
 writes (every host holds the same replicated scalars).
@@ -10,6 +11,8 @@ import json
 import math
 import os
 from typing import Any
+
+import numpy as np
 
 
 class MetricWriter:
@@ -79,3 +82,48 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def _average_ranks(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """0-based ranks of ``x`` [B, N] among the valid entries of each row, ties sharing their average rank."""
+    xi, xj = x[:, :, None], x[:, None, :]
+    vj = valid[:, None, :].astype(np.float64)
+    less = np.sum(vj * (xj < xi), axis=-1)
+    ties = np.sum(vj * (xj == xi), axis=-1) - 1.0  # minus the entry itself
+    return less + 0.5 * ties
+
+
+def spearman_per_query(student, teacher, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Spearman correlation of student and teacher scores over each query's real candidates (host side, numpy:
+    it is a metric, computed from the step's returned scores, never inside the compiled step).
+
+    Args:
+      student: [B, N] scores.
+      teacher: [B, N] scores.
+      mask: [B, N] real candidates.
+
+    Returns:
+      (rho [B] float64, defined [B] bool): rho is 0 where undefined (fewer than 2 real candidates, or a row
+      whose scores are all equal).
+    """
+    student, teacher = np.asarray(student, np.float64), np.asarray(teacher, np.float64)
+    valid = np.asarray(mask) > 0
+    rs = _average_ranks(np.where(valid, student, 0.0), valid)
+    rt = _average_ranks(np.where(valid, teacher, 0.0), valid)
+    n = np.maximum(np.sum(valid, axis=-1, keepdims=True), 1).astype(np.float64)
+    center = lambda r: np.where(valid, r - np.sum(np.where(valid, r, 0.0), -1, keepdims=True) / n, 0.0)  # noqa: E731
+    cs, ct = center(rs), center(rt)
+    cov, vs, vt = (np.sum(cs * ct, -1), np.sum(cs * cs, -1), np.sum(ct * ct, -1))
+    defined = (vs > 0) & (vt > 0)
+    rho = np.where(defined, cov / np.sqrt(np.where(defined, vs * vt, 1.0)), 0.0)
+    return rho, defined
+
+
+def batch_spearman(scores, batch: dict[str, Any]) -> tuple[float, float]:
+    """Mean rank agreement of a batch's student ``scores`` [B, N] with its teacher scores, over the real queries
+    (weight > 0) where it is defined. Returns (mean rho, number of queries it averages)."""
+    weight = np.asarray(batch["weight"], np.float64)
+    mask = np.asarray(batch["mask"], np.float64) * weight[:, None]
+    rho, defined = spearman_per_query(scores, batch["teacher_scores"], mask)
+    w = defined * weight
+    return float(np.sum(rho * w) / max(np.sum(w), 1e-12)), float(np.sum(w))

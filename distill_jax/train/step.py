@@ -5,9 +5,11 @@ keeps the shardings it was born with (replicated parameters, or "embed" over "fs
 donated. Gradients are averaged over the whole global batch by construction (the loss is a mean over it; XLA
 inserts the all-reduce), which is what a ``pmap`` step with ``lax.pmean`` computes.
 
-Inside the step: student forward (:mod:`distill_jax.train.forward`) -> registered loss (+ SPLADE regularisers with
+Inside the step: student forward (:mod:`distill_jax.kinds`) -> registered loss (+ SPLADE regularisers with
 their quadratic warm-up) -> gradients (optionally accumulated over micro-batches with ``lax.scan``) -> optax update,
-applied only when loss and gradient norm are finite. Metrics come back as replicated float32 scalars.
+applied only when loss and gradient norm are finite. Metrics come back as replicated float32 scalars, plus the
+student's [B, N] scores of the batch (``scores``), from which the host computes rank agreement with the teacher
+(:func:`distill_jax.train.metrics.spearman_per_query`) outside the compiled step.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from distill_jax import distributed
 from distill_jax.config import TrainConfig
 from distill_jax.losses import in_batch_negative_mask, sparsity_stats, splade_lambda
 from distill_jax.registry import losses as LOSSES, regularizers as REGULARIZERS
-from distill_jax.train.forward import batch_keys, forward
+from distill_jax.kinds import get as get_kind
 from distill_jax.train.state import TrainState
 
 Array = jax.Array
@@ -34,41 +36,8 @@ HOST_ONLY_KEYS = ("index",)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Rank agreement
+# Loss
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _average_ranks(x: Array, valid: Array) -> Array:
-    """0-based ranks of ``x`` [B, N] among the valid entries of each row, ties sharing their average rank."""
-    xi, xj = x[:, :, None], x[:, None, :]
-    vj = valid[:, None, :].astype(jnp.float32)
-    less = jnp.sum(vj * (xj < xi), axis=-1)
-    ties = jnp.sum(vj * (xj == xi), axis=-1) - 1.0  # minus the entry itself
-    return less + 0.5 * ties
-
-
-def spearman_per_query(student: Array, teacher: Array, mask: Array) -> tuple[Array, Array]:
-    """Spearman correlation of student and teacher scores over each query's real candidates.
-
-    Args:
-      student: [B, N] scores.
-      teacher: [B, N] scores.
-      mask: [B, N] real candidates.
-
-    Returns:
-      (rho [B] float32, defined [B] bool): rho is 0 where undefined (fewer than 2 real candidates, or a row
-      whose scores are all equal).
-    """
-    valid = mask > 0
-    rs = _average_ranks(jnp.where(valid, student, 0.0), valid)
-    rt = _average_ranks(jnp.where(valid, teacher, 0.0), valid)
-    n = jnp.maximum(jnp.sum(valid, axis=-1, keepdims=True), 1).astype(jnp.float32)
-    center = lambda r: jnp.where(valid, r - jnp.sum(jnp.where(valid, r, 0.0), -1, keepdims=True) / n, 0.0)  # noqa: E731
-    cs, ct = center(rs), center(rt)
-    cov, vs, vt = (jnp.sum(cs * ct, -1), jnp.sum(cs * cs, -1), jnp.sum(ct * ct, -1))
-    defined = (vs > 0) & (vt > 0)
-    rho = jnp.where(defined, cov / jnp.sqrt(jnp.where(defined, vs * vt, 1.0)), 0.0)
-    return rho, defined
 
 
 def _real_tokens(attention_mask: Array, weight: Array) -> Array:
@@ -77,22 +46,14 @@ def _real_tokens(attention_mask: Array, weight: Array) -> Array:
     return jnp.sum(per_example * (weight > 0))
 
 
-def _weighted_mean(x: Array, w: Array) -> Array:
-    return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1e-12)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loss
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def make_loss_fn(model, cfg: TrainConfig) -> Callable:
-    """``loss_fn(params, batch, rng, step) -> (loss, (means, sums))`` for the configured kind, loss and regularisers.
+    """``loss_fn(params, batch, rng, step) -> (loss, (means, sums, scores))`` for the configured kind, loss and
+    regularisers.
 
-    ``rng=None`` runs deterministically (evaluation). ``means`` are per-query averages over the batch's real
-    queries (rank agreement, loss parts); ``sums`` are counts (examples, tokens).
+    ``rng=None`` runs deterministically (evaluation). ``means`` are averages over the batch's real queries (loss
+    parts, sparsity); ``sums`` are counts (examples, tokens); ``scores`` the student's [B, N] scores.
     """
-    kind, lc = cfg.model.kind, cfg.loss
+    kind, lc = get_kind(cfg.model.kind), cfg.loss
     loss = LOSSES.get(lc.name)
     hp = dict(lc.hp)
     reg_q = REGULARIZERS.get(lc.regularizer_q) if lc.regularizer_q else None
@@ -102,7 +63,7 @@ def make_loss_fn(model, cfg: TrainConfig) -> Callable:
         weight = batch["weight"].astype(jnp.float32)  # [B]: 0 = padding example
         mask = batch["mask"].astype(jnp.float32) * weight[:, None]  # [B, N]
         teacher = batch["teacher_scores"].astype(jnp.float32)
-        out = forward(kind, model, params, batch, rng=rng, in_batch=lc.in_batch)
+        out = kind.forward(model, params, batch, rng=rng, in_batch=lc.in_batch)
         kwargs = dict(hp)
         if lc.in_batch:
             kwargs["in_batch_scores"] = out.in_batch
@@ -125,14 +86,10 @@ def make_loss_fn(model, cfg: TrainConfig) -> Callable:
                 r = reg_d(d_flat, d_rows)
                 total = total + lam * r
                 means.update(reg_doc=r, lambda_doc=lam)
-        rho, defined = spearman_per_query(out.scores, teacher, mask)
-        w_rho = defined.astype(jnp.float32) * weight
-        means["spearman"] = _weighted_mean(rho, w_rho)
         means["loss"] = total
-        tokens = sum(_real_tokens(batch[g]["attention_mask"], weight) for g in batch_keys(kind))
-        sums = {"examples": jnp.sum(weight), "tokens": tokens,
-                "spearman_queries": jnp.sum(w_rho)}
-        return total, (means, sums)
+        tokens = sum(_real_tokens(batch[g]["attention_mask"], weight) for g in kind.groups)
+        sums = {"examples": jnp.sum(weight), "tokens": tokens}
+        return total, (means, sums, out.scores)
 
     return loss_fn
 
@@ -153,40 +110,42 @@ def _split_micro(x: Array, k: int, mesh) -> Array:
 
 def make_step_fn(model, cfg: TrainConfig, tx: optax.GradientTransformation,
                  schedule: optax.Schedule | None = None, mesh=None) -> Callable:
-    """The pure (un-jitted) ``train_step(state, batch) -> (state, metrics)``."""
+    """The pure (un-jitted) ``train_step(state, batch) -> (state, metrics)``: float32 scalars, and ``scores``
+    [B, N] (the student's scores of the batch's candidates)."""
     loss_fn = make_loss_fn(model, cfg)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     k = cfg.optim.grad_accum
 
     def gradients(params, batch, key, step):
         if k == 1:
-            (loss, (means, sums)), grads = grad_fn(params, batch, key, step)
-            return loss, means, sums, grads
+            (loss, (means, sums, scores)), grads = grad_fn(params, batch, key, step)
+            return loss, means, sums, scores, grads
         micro = jax.tree.map(lambda x: _split_micro(x, k, mesh), batch)
 
         def body(carry, xs):
             i, mb = xs
-            (loss, (means, sums)), grads = grad_fn(params, mb, jax.random.fold_in(key, i), step)
+            (loss, (means, sums, scores)), grads = grad_fn(params, mb, jax.random.fold_in(key, i), step)
             w = sums["examples"]  # micro-batches weigh by their real queries: the big-batch mean
             g_acc, m_acc, s_acc, w_acc = carry
             g_acc = jax.tree.map(lambda a, g: a + w * g, g_acc, grads)
             m_acc = {n: m_acc[n] + w * v for n, v in means.items()}
             s_acc = {n: s_acc[n] + v for n, v in sums.items()}
-            return (g_acc, m_acc, s_acc, w_acc + w), None
+            return (g_acc, m_acc, s_acc, w_acc + w), scores
 
         shapes = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), key, step))
-        (_, (m_shape, s_shape)), _ = shapes
+        (_, (m_shape, s_shape, _)), _ = shapes
         zeros = lambda t: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), t)  # noqa: E731
         init = (jax.tree.map(jnp.zeros_like, params), zeros(m_shape), zeros(s_shape), jnp.zeros((), jnp.float32))
-        (g, m, s, w), _ = jax.lax.scan(body, init, (jnp.arange(k), micro))
+        (g, m, s, w), scores = jax.lax.scan(body, init, (jnp.arange(k), micro))
         w = jnp.maximum(w, 1e-12)
         means = {n: v / w for n, v in m.items()}
-        return means["loss"], means, s, jax.tree.map(lambda a: a / w, g)
+        scores = scores.swapaxes(0, 1).reshape(-1, scores.shape[-1])  # back to batch order (see _split_micro)
+        return means["loss"], means, s, scores, jax.tree.map(lambda a: a / w, g)
 
     def train_step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, Array]]:
         batch = {n: v for n, v in batch.items() if n not in HOST_ONLY_KEYS}
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        loss, means, sums, grads = gradients(state.params, batch, key, state.step)
+        loss, means, sums, scores, grads = gradients(state.params, batch, key, state.step)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -200,7 +159,8 @@ def make_step_fn(model, cfg: TrainConfig, tx: optax.GradientTransformation,
                    "skipped": new_state.skipped.astype(jnp.float32)}
         if schedule is not None:
             metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
-        return new_state, {n: jnp.asarray(v, jnp.float32) for n, v in metrics.items()}
+        metrics = {n: jnp.asarray(v, jnp.float32) for n, v in metrics.items()}
+        return new_state, {**metrics, "scores": scores.astype(jnp.float32)}
 
     return train_step
 
@@ -213,15 +173,3 @@ def compile_train_step(model, cfg: TrainConfig, tx: optax.GradientTransformation
     return jax.jit(step, in_shardings=(shardings, distributed.batch_sharding(mesh)),
                    out_shardings=(shardings, distributed.replicated(mesh)),
                    donate_argnums=(0,) if donate else ())
-
-
-def make_score_fn(model, kind: str, mesh=None):
-    """Jitted deterministic scores ``(params, batch) -> [B, N]`` (validation, evaluation)."""
-
-    def score(params, batch):
-        return forward(kind, model, params, batch, rng=None).scores
-
-    if mesh is None:
-        return jax.jit(score)
-    return jax.jit(score, in_shardings=(None, distributed.batch_sharding(mesh)),
-                   out_shardings=distributed.batch_sharding(mesh))
