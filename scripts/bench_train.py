@@ -28,7 +28,7 @@ from distill_jax import distributed
 from distill_jax.config import DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from distill_jax.train import state as state_lib
 from distill_jax.train.step import compile_train_step
-from distill_jax.train.trainer import SyntheticBatches
+from distill_jax.data.synthetic import SyntheticBatches
 
 MINILM = dict(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536,
               max_position_embeddings=512)
