@@ -11,6 +11,7 @@ Restoring takes the TARGET shardings (from the current mesh), so a checkpoint wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -124,3 +125,147 @@ def _gather_json(value: Any) -> list[Any]:
     padded[:raw.size] = raw
     every = multihost_utils.process_allgather(padded).reshape(len(sizes), -1)
     return [json.loads(bytes(every[i, :sizes[i]]).decode()) for i in range(len(sizes))]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading a finished (or running) work directory: parameters only
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def restore_params(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int, Any]:
+    """The parameters of one checkpoint of a work directory, as host numpy arrays, and its training config.
+
+    Reads only the ``params`` subtree of the ``state`` item (shapes from the checkpoint's own metadata): no model,
+    optimiser or TrainState is built, no Hugging Face weights are loaded, and any device count can read it.
+
+    Args:
+      workdir: a training run's work directory (``<workdir>/checkpoints/<step>/``).
+      step: the checkpoint to read; None = :func:`select_step` (best by the run's validation metric, else the
+        latest).
+
+    Returns:
+      (params: nested dict of numpy arrays as the model's ``params`` collection, step, the run's ``TrainConfig``
+      as saved with that checkpoint).
+
+    Raises:
+      FileNotFoundError: no work directory or no finished checkpoint in it; ValueError: ``step`` is not one of
+        the saved steps (the message lists them).
+    """
+    directory = checkpoints_dir(workdir)
+    manager = _read_only_manager(directory)
+    try:
+        steps = sorted(manager.all_steps())
+        if step is None:
+            step = select_step(manager, _config_of(manager, steps[-1], workdir).checkpoint, workdir)
+        elif step not in steps:
+            raise ValueError(f"{directory} has no checkpoint for step {step}; saved steps: {steps} "
+                             "(pass one of them, or omit the step for the best, else the latest)")
+        state_dir = os.path.join(str(manager.directory), str(step), "state")
+        with _quiet_absl():  # orbax warns that a step's item has no metadata file of its own: it never has
+            tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
+        abstract = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree["params"])}
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+        out = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=abstract, restore_args=as_numpy, partial_restore=True)))
+        cfg = _config_of(manager, step, workdir)
+    finally:
+        manager.close()
+    return _plain_dicts(out["state"]["params"]), int(step), cfg
+
+
+def checkpoints_dir(workdir: str) -> str:
+    """``<workdir>/checkpoints``, checked to exist and to hold at least one finished checkpoint.
+
+    Raises:
+      FileNotFoundError / NotADirectoryError: naming the path and what a work directory holds.
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"work directory {workdir} does not exist; pass the directory a training run "
+                                "wrote (the one named by its config's workdir)")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"{directory} is a file; a work directory's checkpoints/ is a directory of "
+                                 "step directories written by `distill-jax train`")
+    finished = [d for d in (os.listdir(directory) if os.path.isdir(directory) else []) if d.isdigit()]
+    if not finished:
+        raise FileNotFoundError(f"{directory} holds no finished checkpoint; train until the first save "
+                                "(checkpoint.every_steps, and always at the last step) and try again")
+    return directory
+
+
+def select_step(manager: ocp.CheckpointManager, cfg: CheckpointConfig, workdir: str | None = None) -> int:
+    """The best saved step by ``cfg.best_metric`` (``cfg.best_mode``; ties: the later step), else the latest.
+
+    A step's metric is the one orbax stored with the checkpoint, else the ``val/<best_metric>`` row of
+    ``<workdir>/metrics.jsonl`` at that step (the last such row: a resumed run repeats steps). Only steps with a
+    finite metric compete (validation runs on its own schedule); with none, the latest step is returned.
+    """
+    logged = _validation_log(workdir, cfg.best_metric) if workdir else {}
+    scored = []
+    for step in manager.all_steps():
+        value = (manager.metrics(step) or {}).get(cfg.best_metric, logged.get(step))
+        if value is not None and np.isfinite(value):
+            scored.append((float(value) if cfg.best_mode == "max" else -float(value), step))
+    return max(scored)[1] if scored else int(manager.latest_step())
+
+
+def _validation_log(workdir: str, metric: str) -> dict[int, float]:
+    """{step: value} of ``val/<metric>`` in ``<workdir>/metrics.jsonl`` (later rows win; bad lines skipped, as
+    a killed writer can leave a partial last line)."""
+    path, key, out = os.path.join(workdir, "metrics.jsonl"), f"val/{metric}", {}
+    if not os.path.isfile(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and key in row and isinstance(row[key], (int, float)):
+                out[int(row["step"])] = float(row[key])
+    return out
+
+
+def _read_only_manager(directory: str) -> ocp.CheckpointManager:
+    with _quiet_absl():  # read_only=True logs three warnings about its own defaults
+        return ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data", "meta"),
+                                     options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """absl (orbax's logger) at ERROR for the duration of a block, restored afterwards."""
+    import absl.logging
+
+    verbosity = absl.logging.get_verbosity()
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.logging.set_verbosity(verbosity)
+
+
+def _config_of(manager: ocp.CheckpointManager, step: int, workdir: str) -> Any:
+    """The TrainConfig saved with checkpoint ``step`` (its ``meta`` item), else ``<workdir>/config.json``."""
+    from distill_jax.config import from_dict
+
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        saved = meta.get("config")
+    except (FileNotFoundError, KeyError, ValueError):
+        saved = None
+    if saved is None:
+        path = os.path.join(workdir, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {step} in {manager.directory} carries no config and {path} is "
+                                    "missing: the run's TrainConfig is needed to rebuild its model")
+        with open(path) as f:
+            saved = json.load(f)
+    return from_dict(saved)
+
+
+def _plain_dicts(tree: Any) -> Any:
+    """Nested mappings -> plain dicts (leaves kept)."""
+    if hasattr(tree, "items"):
+        return {k: _plain_dicts(v) for k, v in tree.items()}
+    return tree
