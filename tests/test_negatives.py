@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from distill_jax.data.collections import load_collection
-from distill_jax.data.negatives import (BM25Config, bm25_search, candidates_from_run, candidates_to_run, cli_main,
-                                        fuse, mine_bm25, model_search, read_candidates, write_candidates)
-from distill_jax.evaluate import evaluate_run
+from distill_jax.cli import main as cli_main
+from distill_jax.data.candidates import candidates_from_run, candidates_to_run, read_candidates, write_candidates
+from distill_jax.data.negatives import BM25Config, bm25_search, fuse, model_search
+from distill_jax.eval.rerank import mine_bm25
+from distill_jax.eval.metrics import evaluate_run
 
 
 def _lucene_bm25(query, docs, k1, b):

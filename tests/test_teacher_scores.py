@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
+from distill_jax.cli import main as cli_main
 from distill_jax.data import teacher_scores as ts
 from distill_jax.data.collections import DataError, TextTable
 
@@ -141,7 +142,7 @@ def test_hofstaetter_import_round_trip(tmp_path, capsys):
     np.testing.assert_allclose(recs[0]["scores"][:, 0], [10.5, 9.0, (1.25 + 3.5) / 2, -2.0])
     assert recs[1]["pids"] == ["p3", "n3"] and recs[1]["scores"][:, 0].tolist() == [7.75, 0.5]
     # through the command, into a TFDS dataset, and back
-    assert ts.cli_main(["import-scores", "--format", "hofstaetter", "--input", str(path),
+    assert cli_main(["import-scores", "--format", "hofstaetter", "--input", str(path),
                         "--out", str(tmp_path / "out")]) == 0
     assert "wrote 2 queries" in capsys.readouterr().out
     ds = ts.load_teacher_scores(str(tmp_path / "out"))
@@ -186,7 +187,7 @@ def test_st_hard_negatives_import(tmp_path):
     inline = list(ts.read_st_hard_negatives(str(tmp_path / "inline.jsonl")))
     assert inline[0]["pids"] == ["x", "y", "z"] and inline[0]["scores"][:, 0].tolist() == [1.0, 0.5, 0.0]
     # round trip through the command (pickle opted in)
-    assert ts.cli_main(["import-scores", "--format", "st-hard-negatives", "--input",
+    assert cli_main(["import-scores", "--format", "st-hard-negatives", "--input",
                         str(tmp_path / "hn.jsonl.gz"), "--ce-scores", str(tmp_path / "ce.pkl"), "--allow-pickle",
                         "--out", str(tmp_path / "out")]) == 0
     _same(ts.load_teacher_scores(str(tmp_path / "out")), recs)

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import Mesh
 
 from distill_jax.models import build_model, init_params
-from distill_jax.teacher_scoring import PairScorer, pick_bucket
+from distill_jax.teacher.scorer import PairScorer, pick_bucket
 
 
 @pytest.fixture(scope="module")

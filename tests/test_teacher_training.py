@@ -9,7 +9,7 @@ import pytest
 
 from distill_jax.data.collections import load_collection, read_qrels
 from distill_jax.data.teacher_scores import load_teacher_scores
-from distill_jax.teacher_training import make_view, write_label_dataset
+from distill_jax.jobs.train_teacher import make_view, write_label_dataset
 
 
 def test_view_splits_train_into_disjoint_fit_and_holdout(tmp_path, shared_data):

@@ -17,7 +17,9 @@ from distill_jax.config import load_config
 from distill_jax.train import checkpoint as ckpt_lib
 from distill_jax.train import state as state_lib
 from distill_jax.train.metrics import read_jsonl
-from distill_jax.train.trainer import cli_main, train
+from distill_jax.cli import main as cli_main
+from distill_jax.eval.rerank import validator
+from distill_jax.train.trainer import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -171,7 +173,7 @@ def test_validation_hook_ranks_checkpoints(tmp_path, shared_data, minilm_dir):
         f"data.tokenizer={minilm_dir}", "eval.every_steps=2", f"eval.collection_dir={shared_data / 'scifact'}",
         "eval.split=test", "eval.max_queries=16", "eval.depth=8", "data.query_maxlen=32", "checkpoint.every_steps=2",
         "checkpoint.keep=1", "checkpoint.keep_best=1", "checkpoint.async_save=false", "log_every=2"])
-    out = train(cfg)
+    out = train(cfg, validator=validator)
     rows = [r for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl")) if "val/nDCG@10" in r]
     assert [r["step"] for r in rows] == [2, 4, 6]
     values = {r["step"]: r["val/nDCG@10"] for r in rows}

@@ -31,7 +31,9 @@ def main(argv: list[str]) -> int:
     from distill_jax import distributed
 
     distributed.initialize_if_multihost()
-    result = trainer.train(cfg)
+    from distill_jax.eval.rerank import validator
+
+    result = trainer.train(cfg, validator=validator)
     if result["last_metrics"]:
         print(json.dumps({"step": cfg.steps, **result["last_metrics"]}))
     return 0

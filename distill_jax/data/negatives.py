@@ -48,9 +48,49 @@ def _stemmer(name: str | None):
     return Stemmer.Stemmer(name).stemWords
 
 
+class BM25Index:
+    """A BM25 index of a corpus (bm25s), built once and searched with any number of query sets.
+
+    Args:
+      doc_ids, doc_texts: the corpus [D] (texts as the model sees them, title + text).
+      config: BM25 settings.
+    """
+
+    def __init__(self, doc_ids: Sequence[str], doc_texts: Sequence[str], config: BM25Config = BM25Config()):
+        import bm25s
+
+        self.doc_ids, self.config = list(doc_ids), config
+        self._stem = _stemmer(config.stemmer)
+        corpus_tokens = bm25s.tokenize(list(doc_texts), lower=config.lower, stopwords=config.stopwords,
+                                       stemmer=self._stem, show_progress=False)
+        self._retriever = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
+        self._retriever.index(corpus_tokens, show_progress=False)
+
+    def search(self, queries: dict[str, str], k: int, n_threads: int = 0) -> Run:
+        """Top-``k`` documents of every query (``k`` clipped to D): ``{qid: [(doc id, bm25 score), ...]}`` best
+        first, documents sharing no term with the query left out."""
+        import bm25s
+
+        c = self.config
+        qids = list(queries)
+        if not qids:
+            return {}
+        # queries must share the corpus vocabulary: tokenise to strings, bm25s maps them onto the index
+        query_tokens = bm25s.tokenize([queries[q] for q in qids], lower=c.lower, stopwords=c.stopwords,
+                                      stemmer=self._stem, return_ids=False, show_progress=False)
+        k = min(k, len(self.doc_ids))
+        idx, scores = self._retriever.retrieve(query_tokens, k=k, show_progress=False, n_threads=n_threads)
+        run: Run = {}
+        for row, qid in enumerate(qids):
+            # bm25s pads with score 0 when fewer than k documents share a term: keep only real matches
+            run[qid] = [(self.doc_ids[int(i)], float(s)) for i, s in zip(idx[row], scores[row]) if s > 0]
+        return run
+
+
 def bm25_search(doc_ids: Sequence[str], doc_texts: Sequence[str], queries: dict[str, str], k: int,
                 config: BM25Config = BM25Config(), n_threads: int = 0) -> Run:
-    """Top-``k`` BM25 documents of every query.
+    """Top-``k`` BM25 documents of every query, indexing the corpus for this one call (:class:`BM25Index`
+    to search it repeatedly).
 
     Args:
       doc_ids, doc_texts: the corpus [D] (texts as the model sees them, title + text).
@@ -60,24 +100,7 @@ def bm25_search(doc_ids: Sequence[str], doc_texts: Sequence[str], queries: dict[
     Returns:
       ``{qid: [(doc id, bm25 score), ...]}`` best first.
     """
-    import bm25s
-
-    stem = _stemmer(config.stemmer)
-    corpus_tokens = bm25s.tokenize(list(doc_texts), lower=config.lower, stopwords=config.stopwords,
-                                   stemmer=stem, show_progress=False)
-    retriever = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
-    retriever.index(corpus_tokens, show_progress=False)
-    qids = list(queries)
-    # queries must share the corpus vocabulary: tokenise to strings, bm25s maps them onto the index
-    query_tokens = bm25s.tokenize([queries[q] for q in qids], lower=config.lower, stopwords=config.stopwords,
-                                  stemmer=stem, return_ids=False, show_progress=False)
-    k = min(k, len(doc_ids))
-    idx, scores = retriever.retrieve(query_tokens, k=k, show_progress=False, n_threads=n_threads)
-    run: Run = {}
-    for row, qid in enumerate(qids):
-        # bm25s pads with score 0 when fewer than k documents share a term: keep only real matches
-        run[qid] = [(doc_ids[int(i)], float(s)) for i, s in zip(idx[row], scores[row]) if s > 0]
-    return run
+    return BM25Index(doc_ids, doc_texts, config).search(queries, k, n_threads)
 
 
 def model_search(score_fn: Callable[[list[str]], tuple[np.ndarray, np.ndarray]], doc_ids: Sequence[str],

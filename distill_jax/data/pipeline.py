@@ -374,3 +374,49 @@ class LoaderIterator:
                                  "data afresh)")
         self._it.set_state(state["grain"])
         self.step = int(state["step"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# From a run's config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tokenizer_path(cfg) -> str:
+    """The tokenizer directory of a run (``data.tokenizer``, else the model checkpoint's)."""
+    from distill_jax.models.hf import resolve_checkpoint_dir
+
+    path = cfg.data.tokenizer or cfg.model.checkpoint
+    if not path:
+        raise DataError("no tokenizer: set data.tokenizer (or model.checkpoint, whose tokenizer is used)")
+    return resolve_checkpoint_dir(path)
+
+
+def loader_for(cfg, vocab_size: int):
+    """This host's batch iterator (with ``get_state``/``set_state``) for a run's ``cfg.data``.
+
+    Token ids are checked against the model's vocabulary once here (the token tables hold every id the loader
+    will ever emit), not per batch.
+    """
+    import jax
+
+    d = cfg.data
+    if d.source == "synthetic":
+        from distill_jax.data.synthetic import SyntheticBatches
+
+        return SyntheticBatches(d, cfg.model.kind, vocab_size, jax.process_index(), jax.process_count())
+    from distill_jax.data.collections import load_collection
+    from distill_jax.data.tokenize import load_tokenizer
+    from distill_jax.models.encoder import check_token_ids
+
+    collection = load_collection(d.collection_dir, split=None)
+    tok = load_tokenizer(tokenizer_path(cfg))
+    loader_cfg = LoaderConfig(batch_size=d.batch_size, num_candidates=d.n_candidates, model_kind=cfg.model.kind,
+                              query_maxlen=d.query_maxlen, doc_maxlen=d.doc_maxlen, pair_maxlen=d.pair_maxlen,
+                              seed=d.seed, **d.options)
+    loader = TrainLoader(d.dataset_dir, TextTable.from_collection(collection), collection.queries, tok, loader_cfg)
+    for name, table in (("passages", loader.doc_tokens), ("queries", loader.query_tokens)):
+        if table is not None and len(table.ids):
+            check_token_ids(np.asarray(table.ids).reshape(1, -1), vocab_size, f"{name} token table")
+    if not loader_cfg.pretokenize:
+        check_token_ids(np.arange(len(tok)).reshape(1, -1), vocab_size, "tokenizer vocabulary")
+    return iter(loader)

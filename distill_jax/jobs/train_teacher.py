@@ -8,7 +8,8 @@ pointwise BCE (``graded_bce`` on the labels). What this module adds is the data 
    copied) and two qrels splits cut from the training split, ``fit`` and ``holdout`` (BEIR has no dev split);
 2. BM25 candidates for the ``fit`` queries (positives excluded from negatives) written as a label dataset:
    labels = qrels grades, score column = the BM25 score (so "random from the top-k" samples BM25-hard negatives);
-3. :func:`distill_jax.train.trainer.train` with periodic reranking validation on ``holdout``; the best checkpoint
+3. :func:`distill_jax.train.trainer.train` with periodic reranking validation on ``holdout``
+   (:func:`distill_jax.eval.rerank.validator`: the same BM25 index and pair scorer as step 4); the best checkpoint
    by nDCG@10 is exported as a Hugging Face ``BertForSequenceClassification`` directory (``<workdir>/teacher``)
    that ``distill-jax score --teacher`` loads;
 4. reranking evaluation of that teacher on the test split (BM25 top-100), written to ``<workdir>/results.json``.
@@ -16,7 +17,6 @@ pointwise BCE (``graded_bce`` on the labels). What this module adds is the data 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -71,28 +71,27 @@ def _symlink(target: str, link: str) -> None:
 
 
 def write_label_dataset(view_dir: str, out_dir: str, k: int, num_shards: int = 1) -> dict[str, float]:
-    """BM25 top-``k`` candidates of the ``fit`` queries as a dataset (labels = grades, score = BM25).
+    """BM25 top-``k`` candidates of the ``fit`` queries as a dataset (labels = grades, score = BM25); every judged
+    document is kept out of the negatives (a judged-irrelevant document may be a near miss).
 
     Returns:
       BM25 recall of the positives at ``k`` (ir-measures).
     """
+    from distill_jax.data.candidates import as_scores, candidates_from_run
     from distill_jax.data.collections import load_collection
-    from distill_jax.data.negatives import bm25_search
     from distill_jax.data.teacher_scores import make_record, shard_done, write_teacher_scores
-    from distill_jax.evaluate import evaluate_run
+    from distill_jax.eval.metrics import evaluate_run
+    from distill_jax.eval.rerank import bm25_run
 
     col = load_collection(view_dir, "fit")
-    ids, texts = col.passages()
-    run = bm25_search(ids, texts, col.queries, k)
-    metrics = evaluate_run(col.qrels, {q: dict(r) for q, r in run.items()}, (f"R@{k}",))
+    run = bm25_run(col, k)
+    metrics = evaluate_run(col.qrels, as_scores(run), (f"R@{k}",))
     if all(shard_done(out_dir, s, num_shards) for s in range(num_shards)):
         return metrics
     records = []
-    for q in sorted(col.qrels):
-        bm25 = dict(run.get(q, []))
-        pos = [d for d, g in col.qrels[q].items() if g > 0]
-        neg = [d for d, _ in run.get(q, []) if d not in col.qrels[q]]
-        pids = pos + neg
+    for c in sorted(candidates_from_run(run, col.qrels, exclude_judged=True), key=lambda c: c["qid"]):
+        q, bm25 = c["qid"], dict(run.get(c["qid"], []))
+        pids = c["pos"] + c["neg"]
         floor = min(bm25.values()) if bm25 else 0.0
         records.append(make_record(q, pids, [col.qrels[q].get(p, 0) for p in pids],
                                    [bm25.get(p, floor) for p in pids]))
@@ -104,10 +103,11 @@ def write_label_dataset(view_dir: str, out_dir: str, k: int, num_shards: int = 1
 
 def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test", test_depth: int = 100) -> dict:
     """Prepares the data, trains, exports the best checkpoint and evaluates it (see the module docstring)."""
-    from distill_jax.export import restore_params, save_pretrained
+    from distill_jax.eval.rerank import evaluate_reranking, validator
+    from distill_jax.export import save_pretrained
     from distill_jax.models.encoder import EncoderConfig
-    from distill_jax.teacher import evaluate_reranking
     from distill_jax.models.hf import resolve_checkpoint_dir
+    from distill_jax.train.checkpoint import restore_params
     from distill_jax.train.trainer import train
 
     work = os.path.abspath(cfg.workdir)
@@ -122,35 +122,16 @@ def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test
         data=dataclasses.replace(cfg.data, dataset_dir=dataset, collection_dir=view),
         eval=dataclasses.replace(cfg.eval, collection_dir=view, split="holdout"),
     )
-    out = train(run_cfg)
-    params, best_step = restore_params(work, run_cfg)
+    out = train(run_cfg, validator=validator)
+    params, best_step, _ = restore_params(work)
     base = resolve_checkpoint_dir(cfg.model.checkpoint)
     teacher_dir = save_pretrained("cross_encoder", EncoderConfig.from_pretrained_dir(base), params,
                                   os.path.join(work, "teacher"), tokenizer_dir=base)
     results = evaluate_reranking(teacher_dir, cfg.data.collection_dir, eval_split, k=test_depth,
-                                 max_length=cfg.data.pair_maxlen, max_queries=cfg.eval.max_queries)
+                                 max_length=cfg.data.pair_maxlen, batch_size=cfg.eval.batch_size,
+                                 max_queries=cfg.eval.max_queries)
     summary = {"best_step": best_step, "test_depth": test_depth, "holdout_validation": out["validation"], "bm25_recall_fit": recall,
                f"{eval_split}_reranking": results, "teacher_dir": teacher_dir}
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
-
-
-def cli_train_teacher(argv: list[str]) -> int:
-    from distill_jax.config import load_config
-
-    p = argparse.ArgumentParser(prog="distill-jax train-teacher", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="a cross_encoder recipe, e.g. configs/teacher_scifact.py")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
-    p.add_argument("--holdout", type=int, default=100, help="training queries held out for model selection")
-    p.add_argument("--k", type=int, default=100, help="BM25 candidates per query")
-    p.add_argument("--eval-split", default="test")
-    p.add_argument("--test-depth", type=int, default=100, help="rerank the BM25 top-N of the evaluation split")
-    a = p.parse_args(argv)
-    cfg = load_config(a.config, a.set)
-    if cfg.model.kind != "cross_encoder":
-        raise SystemExit(f"train-teacher needs a cross_encoder config; {a.config} trains a {cfg.model.kind}")
-    summary = train_teacher(cfg, a.holdout, a.k, a.eval_split, a.test_depth)
-    print(json.dumps(summary, indent=1))
-    return 0

@@ -9,6 +9,7 @@ communication between hosts, so each host scores its own shards of queries with 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import jax
@@ -63,7 +64,7 @@ class PairScorer:
         n = self.mesh.devices.size
         self.batch_size = -(-batch_size // n) * n
         self.buckets = tuple(sorted(buckets))
-        self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
+        self.params = None if params is None else jax.device_put(params, NamedSharding(self.mesh, P()))
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self._forward = jax.jit(
             lambda p, b: model.apply({"params": p}, b),
@@ -72,8 +73,10 @@ class PairScorer:
         )
         self.stats = ScoringStats()
 
-    def score(self, tokens: dict[str, np.ndarray], progress: Callable[[int], Any] | None = None) -> np.ndarray:
-        """Scores every row of a tokenised pair batch.
+    def score(self, tokens: dict[str, np.ndarray], progress: Callable[[int], Any] | None = None,
+              params=None) -> np.ndarray:
+        """Scores every row of a tokenised pair batch (with ``params`` when given, else the scorer's own: the
+        same compiled forward either way).
 
         Args:
           tokens: ``input_ids``, ``attention_mask``, ``token_type_ids`` int32 [P, L] (L = the last bucket), padded at
@@ -83,6 +86,9 @@ class PairScorer:
         Returns:
           [P] float32 logits in the input order.
         """
+        params = self.params if params is None else jax.device_put(params, NamedSharding(self.mesh, P()))
+        if params is None:
+            raise ValueError("PairScorer built without params: pass params= to score()")
         n_pairs, max_len = tokens["input_ids"].shape
         if max_len != self.buckets[-1]:
             raise ValueError(f"pairs are tokenised to {max_len} tokens but the largest bucket is "
@@ -96,7 +102,7 @@ class PairScorer:
             for start in range(0, len(rows), self.batch_size):
                 idx = rows[start:start + self.batch_size]
                 batch = {k: _pad_rows(v[idx, :bucket], self.batch_size) for k, v in tokens.items()}
-                scores = self._forward(self.params, jax.device_put(batch, self.batch_sharding))
+                scores = self._forward(params, jax.device_put(batch, self.batch_sharding))
                 out[idx] = np.asarray(scores)[: len(idx)]
                 self.stats.pairs += len(idx)
                 self.stats.batches += 1
@@ -116,4 +122,47 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((rows - len(x),) + x.shape[1:], x.dtype)])
 
 
-__all__ = ["PairScorer", "ScoringStats", "local_mesh", "pick_bucket"]
+def score_pairs(scorer, tok, queries: Sequence[str], passages: Sequence[str], max_length: int,
+                progress=None, chunk: int = 8192) -> np.ndarray:
+    """Scores text pairs: tokenise (in chunks, bounded memory) and run the bucketed scorer.
+
+    Returns:
+      [P] float32 logits in input order.
+    """
+    from distill_jax.data.tokenize import encode_pairs
+
+    out = np.zeros(len(queries), np.float32)
+    for start in range(0, len(queries), chunk):
+        tokens = encode_pairs(tok, queries[start:start + chunk], passages[start:start + chunk], max_length)
+        out[start:start + chunk] = scorer.score(tokens, progress)
+    return out
+
+
+def load_teacher(path: str, dtype: str = "float32", batch_size: int = 128,
+                 buckets: tuple[int, ...] = (64, 128, 192, 256)):
+    """(scorer, tokenizer) for a cross-encoder checkpoint, on this host's devices."""
+    import jax.numpy as jnp
+
+    from distill_jax.data.tokenize import load_tokenizer
+    from distill_jax.models import load_pretrained
+
+    model, params = load_pretrained("cross_encoder", path, dtype=jnp.dtype(dtype))
+    return PairScorer(model, params, batch_size=batch_size, buckets=buckets), load_tokenizer(path)
+
+
+def rerank(scorer, tok, queries: dict[str, str], passage, run: dict[str, dict[str, float]],
+           max_length: int) -> dict[str, dict[str, float]]:
+    """Reranks a first-stage run with a cross-encoder: ``{qid: {pid: teacher logit}}``.
+
+    Args:
+      passage: ``pid -> text`` (e.g. ``Collection.passage``).
+    """
+    pairs = [(q, d) for q, docs in run.items() for d in docs]
+    scores = score_pairs(scorer, tok, [queries[q] for q, _ in pairs], [passage(d) for _, d in pairs], max_length)
+    out: dict[str, dict[str, float]] = {}
+    for (q, d), s in zip(pairs, scores):
+        out.setdefault(q, {})[d] = float(s)
+    return out
+
+
+__all__ = ["PairScorer", "ScoringStats", "local_mesh", "pick_bucket", "score_pairs", "load_teacher", "rerank"]

@@ -1,4 +1,4 @@
-"""Student (and teacher) training: state, the jitted step, forward passes, checkpoints, metrics, the loop.
+"""Student (and teacher) training: state, the jitted step, checkpoints, metrics, the loop.
 
     from distill_jax.train import train
     from distill_jax.config import load_config

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from distill_jax import distributed
+from distill_jax import distributed, kinds
 from distill_jax.config import ModelConfig, OptimConfig, TrainConfig
-from distill_jax.models import ColBERTConfig, EncoderConfig, build_model, dummy_batch, load_pretrained
+from distill_jax.models import EncoderConfig, build_model, dummy_batch, load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,6 @@ class TrainState(flax.struct.PyTreeNode):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _options(cfg: ModelConfig, query_maxlen: int = 32, doc_maxlen: int = 180) -> dict[str, Any]:
-    if cfg.kind == "colbert":
-        return {"colbert": ColBERTConfig(dim=cfg.colbert_dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)}
-    if cfg.kind == "splade":
-        return {"chunk_size": cfg.splade_chunk_size}
-    if cfg.kind == "dense":
-        return {"pooling": cfg.dense_pooling, "projection_dim": cfg.dense_projection_dim,
-                "normalize": cfg.dense_normalize}
-    return {}
-
-
 def encoder_config(cfg: ModelConfig) -> EncoderConfig:
     """Geometry of a randomly initialised encoder."""
     return EncoderConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
@@ -74,7 +63,7 @@ def make_model(cfg: TrainConfig) -> tuple[nn.Module, EncoderConfig, dict | None]
     """
     m = cfg.model
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
-    options = _options(m, cfg.data.query_maxlen, cfg.data.doc_maxlen)
+    options = kinds.get(m.kind).model_options(m, cfg.data)
     if m.checkpoint:
         model, params = load_pretrained(m.kind, m.checkpoint, dtype=dtype, remat=m.remat, seed=cfg.seed,
                                         fresh_head=(m.splade_head_z, m.splade_head_scale), **options)
