@@ -9,7 +9,7 @@ Steps:
    (sentence-transformers); it is NOT a cross-encoder and only shows the trainer at work. With ``--dataset DIR``:
    any teacher-score dataset, e.g. the cross-encoder teacher's (``distill-jax train-teacher`` then ``distill-jax
    mine`` + ``distill-jax score``, README "The teacher and the answer key"), which is what the students should learn.
-3. The teacher-score dataset is written with ``distill_jax.data.teacher_scores`` (TFDS ArrayRecord).
+3. The teacher-score dataset is written with ``distill_jax.data.scores`` (TFDS ArrayRecord).
 4. Three trainings with ``distill_jax.train.train`` (the same code as ``distill-jax train``): ColBERT Margin-MSE,
    SPLADE MSE + FLOPS, SPLADE MSE without regulariser; a summary table (first/last logged values) is printed and
    written to ``<out>/summary.json``.
@@ -31,7 +31,7 @@ def build_dataset(collection_dir: str, out: str, k: int, max_queries: int) -> st
     """BM25 candidates + interim MiniLM-cosine teacher -> teacher-score dataset directory (cached)."""
     from distill_jax.data.collections import load_collection
     from distill_jax.eval.rerank import mine_bm25
-    from distill_jax.data.teacher_scores import build_teacher_scores, make_record
+    from distill_jax.data.scores import build_teacher_scores, make_record
 
     data_dir = os.path.join(out, "teacher_scores")
     done = os.path.join(data_dir, "DONE")

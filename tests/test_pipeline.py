@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from distill_jax.data import teacher_scores as ts
+from distill_jax.data import scores as ts
 from distill_jax.data.collections import DataError, TextTable
 from distill_jax.data.pipeline import LoaderConfig, TrainLoader, combine_teachers, sample_candidates
 

@@ -73,7 +73,7 @@ def _env(devices):
 
 
 def _read(out):
-    from distill_jax.data.teacher_scores import load_teacher_scores
+    from distill_jax.data.scores import load_teacher_scores
 
     ds = load_teacher_scores(str(out))
     return {r["qid"]: r for r in (ds.record(i) for i in range(len(ds)))}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from distill_jax.cli import main as cli_main
-from distill_jax.data import teacher_scores as ts
+from distill_jax.data import scores as ts
 from distill_jax.data.collections import DataError, TextTable
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from distill_jax.data.collections import load_collection, read_qrels
-from distill_jax.data.teacher_scores import load_teacher_scores
+from distill_jax.data.scores import load_teacher_scores
 from distill_jax.jobs.train_teacher import make_view, write_label_dataset
 
 

@@ -9,7 +9,7 @@ import os
 
 
 def main(argv: list[str]) -> int:
-    from distill_jax.data.teacher_scores import (BadInputPolicy, RecordChecker, build_teacher_scores,
+    from distill_jax.data.scores import (BadInputPolicy, RecordChecker, build_teacher_scores,
                                                  load_teacher_scores, read_ce_scores, read_hofstaetter_tsv,
                                                  read_st_hard_negatives)
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from distill_jax import kinds
 from distill_jax.data.collections import DataError, TextTable
-from distill_jax.data.teacher_scores import BadInputPolicy, RecordChecker, TeacherScoreDataset, load_teacher_scores
+from distill_jax.data.scores import BadInputPolicy, RecordChecker, TeacherScoreDataset, load_teacher_scores
 
 log = logging.getLogger(__name__)
 

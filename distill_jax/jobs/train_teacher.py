@@ -79,7 +79,7 @@ def write_label_dataset(view_dir: str, out_dir: str, k: int, num_shards: int = 1
     """
     from distill_jax.data.candidates import as_scores, candidates_from_run
     from distill_jax.data.collections import load_collection
-    from distill_jax.data.teacher_scores import make_record, shard_done, write_teacher_scores
+    from distill_jax.data.scores import make_record, shard_done, write_teacher_scores
     from distill_jax.eval.metrics import evaluate_run
     from distill_jax.eval.rerank import bm25_run
 

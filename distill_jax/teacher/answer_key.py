@@ -1,10 +1,9 @@
-"""The teacher: answer-key generation (``distill-jax score``), reranking evaluation and teacher training
-(``distill-jax train-teacher``).
+"""The answer key (``distill-jax score``): a teacher's scores for every (query, candidate) pair.
 
 ``score`` runs one or more cross-encoders over every (query, candidate) pair of a candidate file (from
-``distill-jax mine``) and writes the teacher-score dataset (:mod:`distill_jax.data.teacher_scores`) shard by shard.
+``distill-jax mine``) and writes the teacher-score dataset (:mod:`distill_jax.data.scores`) shard by shard.
 Queries are split into ``num_shards`` work units in candidate-file order; host ``h`` of ``P`` takes shards
-``h, h+P, ...`` and scores them on its local devices (:class:`distill_jax.teacher_scoring.PairScorer`). A shard
+``h, h+P, ...`` and scores them on its local devices (:class:`distill_jax.teacher.scorer.PairScorer`). A shard
 is written atomically (temporary file + rename + completion record), so a run killed at any moment (SIGKILL
 included) continues from the first unfinished shard when the same command is run again, and the result equals an
 uninterrupted run: every pair exactly once.
@@ -12,7 +11,6 @@ uninterrupted run: every pair exactly once.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -77,35 +75,6 @@ def split_candidates(candidates: Sequence[dict], num_shards: int) -> list[Sequen
     return [candidates[bounds[i]:bounds[i + 1]] for i in range(num_shards)]
 
 
-def score_pairs(scorer, tok, queries: Sequence[str], passages: Sequence[str], max_length: int,
-                progress=None, chunk: int = 8192) -> np.ndarray:
-    """Scores text pairs: tokenise (in chunks, bounded memory) and run the bucketed scorer.
-
-    Returns:
-      [P] float32 logits in input order.
-    """
-    from distill_jax.data.tokenize import encode_pairs
-
-    out = np.zeros(len(queries), np.float32)
-    for start in range(0, len(queries), chunk):
-        tokens = encode_pairs(tok, queries[start:start + chunk], passages[start:start + chunk], max_length)
-        out[start:start + chunk] = scorer.score(tokens, progress)
-    return out
-
-
-def load_teacher(path: str, dtype: str = "float32", batch_size: int = 128,
-                 buckets: tuple[int, ...] = (64, 128, 192, 256)):
-    """(scorer, tokenizer) for a cross-encoder checkpoint, on this host's devices."""
-    import jax.numpy as jnp
-
-    from distill_jax.data.tokenize import load_tokenizer
-    from distill_jax.models import load_pretrained
-    from distill_jax.teacher_scoring import PairScorer
-
-    model, params = load_pretrained("cross_encoder", path, dtype=jnp.dtype(dtype))
-    return PairScorer(model, params, batch_size=batch_size, buckets=buckets), load_tokenizer(path)
-
-
 def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count: int | None = None) -> dict:
     """Scores every shard of this host that is not finished yet; returns run statistics.
 
@@ -116,8 +85,9 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
     from tqdm import tqdm
 
     from distill_jax.data.collections import load_collection
-    from distill_jax.data.negatives import read_candidates
-    from distill_jax.data.teacher_scores import make_record, shard_done, write_teacher_scores
+    from distill_jax.data.candidates import read_candidates
+    from distill_jax.data.scores import make_record, shard_done, write_teacher_scores
+    from distill_jax.teacher.scorer import load_teacher, score_pairs
 
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
@@ -134,7 +104,7 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
     collection = load_collection(cfg.collection, cfg.split)
     shards = split_candidates(read_candidates(cfg.candidates), cfg.num_shards)
     teachers = [load_teacher(t, cfg.dtype, cfg.batch_size, cfg.buckets) for t in cfg.teachers]
-    lists = {s: _candidate_lists(shards[s], collection, cfg.max_candidates) for s in todo}
+    lists = {s: candidate_lists(shards[s], collection, cfg.max_candidates) for s in todo}
     total = sum(len(p) for s in todo for _, p, _ in lists[s]) * len(teachers)
     start = time.perf_counter()
     with tqdm(total=total, unit="pair", desc="score", smoothing=0.1) as bar:
@@ -159,7 +129,7 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
     return stats
 
 
-def _candidate_lists(cands: Sequence[dict], collection, max_candidates: int) -> list[tuple[str, list, list]]:
+def candidate_lists(cands: Sequence[dict], collection, max_candidates: int) -> list[tuple[str, list, list]]:
     """(qid, pids = positives then negatives, labels = qrels grades) for each query of a shard."""
     out = []
     for c in cands:
@@ -171,77 +141,3 @@ def _candidate_lists(cands: Sequence[dict], collection, max_candidates: int) -> 
         pids = list(c["pos"]) + [n for n in neg if n not in set(c["pos"])]
         out.append((c["qid"], pids, [grades.get(p, 0) for p in pids]))
     return out
-
-
-def rerank(scorer, tok, queries: dict[str, str], passage, run: dict[str, dict[str, float]],
-           max_length: int) -> dict[str, dict[str, float]]:
-    """Reranks a first-stage run with a cross-encoder: ``{qid: {pid: teacher logit}}``.
-
-    Args:
-      passage: ``pid -> text`` (e.g. ``Collection.passage``).
-    """
-    pairs = [(q, d) for q, docs in run.items() for d in docs]
-    scores = score_pairs(scorer, tok, [queries[q] for q, _ in pairs], [passage(d) for _, d in pairs], max_length)
-    out: dict[str, dict[str, float]] = {}
-    for (q, d), s in zip(pairs, scores):
-        out.setdefault(q, {})[d] = float(s)
-    return out
-
-
-def evaluate_reranking(teacher: str, collection_dir: str, split: str = "test", k: int = 100,
-                       max_length: int = 256, batch_size: int = 128, measures=("nDCG@10", "MRR@10"),
-                       max_queries: int = 0) -> dict[str, dict[str, float]]:
-    """BM25 top-k, then the teacher reranks it; metrics of both (ir-measures) over the split's queries (the
-    first ``max_queries`` by id when > 0)."""
-    from distill_jax.data.collections import load_collection
-    from distill_jax.data.negatives import bm25_search
-    from distill_jax.evaluate import evaluate_run
-
-    col = load_collection(collection_dir, split)
-    if max_queries:
-        keep = sorted(col.queries)[:max_queries]
-        col = dataclasses.replace(col, queries={q: col.queries[q] for q in keep},
-                                  qrels={q: col.qrels[q] for q in keep})
-    ids, texts = col.passages()
-    bm25 = {q: dict(r) for q, r in bm25_search(ids, texts, col.queries, k).items()}
-    buckets = tuple(b for b in (64, 128, 192) if b < max_length) + (max_length,)
-    scorer, tok = load_teacher(teacher, batch_size=batch_size, buckets=buckets)
-    reranked = rerank(scorer, tok, col.queries, col.passage, bm25, max_length)
-    return {"bm25": evaluate_run(col.qrels, bm25, measures), "teacher": evaluate_run(col.qrels, reranked, measures)}
-
-
-def cli_main(argv: list[str]) -> int:
-    command, rest = argv[0], argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if command == "score":
-        return _cli_score(rest)
-    if command == "train-teacher":
-        from distill_jax.teacher_training import cli_train_teacher
-
-        return cli_train_teacher(rest)
-    raise SystemExit(f"distill_jax.teacher: unknown command {command!r}")
-
-
-def _cli_score(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="distill-jax score", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", action="append", required=True, help="cross-encoder checkpoint (repeatable)")
-    p.add_argument("--collection", required=True, help="BEIR folder")
-    p.add_argument("--candidates", required=True, help="candidate JSONL from `distill-jax mine`")
-    p.add_argument("--out", required=True, help="teacher-score dataset directory")
-    p.add_argument("--split", default="train")
-    p.add_argument("--num-shards", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--buckets", default="", help="comma-separated padded lengths (default 64,128,192,MAX)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--max-candidates", type=int, default=0)
-    a = p.parse_args(argv)
-    buckets = (tuple(int(x) for x in a.buckets.split(",")) if a.buckets else
-               tuple(b for b in (64, 128, 192) if b < a.max_length) + (a.max_length,))
-    cfg = ScoreConfig(tuple(a.teacher), a.collection, a.candidates, a.out, a.split, a.num_shards, a.max_length,
-                      buckets, a.batch_size, a.dtype, a.max_candidates)
-    stats = run_score(cfg)
-    print(f"score: {stats['shards_scored']} shard(s) scored, {stats['shards_skipped']} already done; "
-          f"{stats['pairs']} pairs at {stats['pairs_per_s']:.1f} pairs/s; padding {stats['padding_fraction']:.1%}")
-    return 0
