@@ -18,6 +18,7 @@ COMMANDS = {
     "train-teacher": ("distill_jax.cli.train_teacher", "fine-tune a cross-encoder teacher on hard negatives"),
     "score": ("distill_jax.cli.score", "score candidate lists with a teacher: the answer key"),
     "train": ("distill_jax.cli.train", "train a student from a config (resumes from its work directory)"),
+    "retrieve": ("distill_jax.cli.retrieve", "retrieve (or rerank) a BEIR split with a student: a TREC run"),
     "evaluate": ("distill_jax.cli.evaluate", "retrieval / reranking evaluation of TREC runs"),
     "export": ("distill_jax.cli.export", "export a training run for serving (PyLate / sentence-transformers / HF)"),
 }

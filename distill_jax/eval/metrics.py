@@ -1,13 +1,19 @@
 """Retrieval evaluation: IR metrics through ir-measures (a maintained library; no hand-written metrics).
 
-``distill-jax evaluate --collection DIR --split test --run RUN`` scores a TREC run file against a BEIR split.
+:func:`evaluate_run` is the one metric function; :func:`evaluate_runs`, :func:`format_table` and
+:func:`results_json` put several runs side by side (``distill-jax evaluate``, :mod:`distill_jax.cli.evaluate`).
 """
 
 from __future__ import annotations
 
-import argparse
+import json
+import os
+from collections.abc import Mapping
 
 DEFAULT_MEASURES = ("nDCG@10", "MRR@10", "R@100")
+# The table of `distill-jax evaluate`: ir-measures' AP is trec_eval's map (mean over queries = MAP).
+REPORT_MEASURES = ("nDCG@10", "MRR@10", "R@100", "AP")
+LABELS = {"AP": "MAP"}
 
 
 def evaluate_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
@@ -39,23 +45,56 @@ def evaluate_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, floa
     return {name: sum(vals.get(q, 0.0) for q in judged) / len(judged) for name, vals in per_query.items()}
 
 
-def cli_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="distill-jax evaluate", description=__doc__)
-    parser.add_argument("--collection", required=True, help="BEIR folder (its qrels/<split>.tsv are the judgements)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--run", required=True, help="TREC run file: qid Q0 docid rank score tag")
-    parser.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES))
-    args = parser.parse_args(argv[1:])
+def evaluate_runs(qrels: dict[str, dict[str, int]], runs: Mapping[str, Mapping[str, Mapping[str, float]]],
+                  measures=REPORT_MEASURES) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_run` of every run: ``{run name: {measure: value}}`` in the order of ``runs``."""
+    return {name: evaluate_run(qrels, dict(run), measures) for name, run in runs.items()}
 
-    import ir_measures
 
-    from distill_jax.data.collections import read_qrels
-    import os
+def format_table(results: Mapping[str, Mapping[str, float]], digits: int = 4) -> str:
+    """One row per run, one column per measure (ir-measures names; AP shown as MAP), plain text.
 
-    qrels = read_qrels(os.path.join(args.collection, "qrels", f"{args.split}.tsv"))
-    run: dict[str, dict[str, float]] = {}
-    for r in ir_measures.read_trec_run(args.run):
-        run.setdefault(r.query_id, {})[r.doc_id] = r.score
-    for name, value in evaluate_run(qrels, run, args.measures).items():
-        print(f"{name}\t{value:.4f}")
-    return 0
+    Args:
+      results: ``{run name: {measure: value}}`` as :func:`evaluate_runs` returns; every run has the same
+        measures.
+    """
+    if not results:
+        raise ValueError("no results to tabulate")
+    measures = list(next(iter(results.values())))
+    width = max(4, *(len(n) for n in results))
+    cols = [max(len(LABELS.get(m, m)), digits + 2) for m in measures]
+    head = "run".ljust(width) + "".join(f"  {LABELS.get(m, m):>{c}}" for m, c in zip(measures, cols))
+    rows = [name.ljust(width) + "".join(f"  {vals[m]:>{c}.{digits}f}" for m, c in zip(measures, cols))
+            for name, vals in results.items()]
+    return "\n".join([head, "-" * len(head), *rows])
+
+
+def results_json(results: Mapping[str, Mapping[str, float]], **meta) -> dict:
+    """The numbers of :func:`format_table` as JSON-able data: ``{"measures": [...], "runs": {name: {label:
+    value}}, **meta}`` with the table's labels (MAP for AP)."""
+    measures = list(next(iter(results.values()))) if results else []
+    return {"measures": [LABELS.get(m, m) for m in measures],
+            "runs": {name: {LABELS.get(m, m): float(v) for m, v in vals.items()} for name, vals in results.items()},
+            **meta}
+
+
+def run_names(paths: list[str]) -> list[str]:
+    """Table names of run files: each file's stem (``runs/bm25.trec`` -> ``bm25``), with its parent folder
+    prefixed where two stems clash."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    clash = {s for s in stems if stems.count(s) > 1}
+    names = [f"{os.path.basename(os.path.dirname(os.path.abspath(p)))}/{s}" if s in clash else s
+             for p, s in zip(paths, stems)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"run files {paths} do not have distinct names; rename them")
+    return names
+
+
+def write_results_json(path: str, results: Mapping[str, Mapping[str, float]], **meta) -> str:
+    """Writes :func:`results_json` to ``path`` (atomically); returns ``path``."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results_json(results, **meta), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
