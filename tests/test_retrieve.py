@@ -390,3 +390,57 @@ def test_retrieve_cli_minilm_dense(minilm_dir, tmp_path, capsys):
     assert all(len(r) == 3 for r in run.values())
     assert all(s <= 1.0 + 1e-5 for r in run.values() for _, s in r)  # cosine scores: normalised embeddings
     assert json.loads((tmp_path / "r.json").read_text())["kind"] == "dense"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ColBERT IVF candidates (faiss), and loading a training work directory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_ivf_candidates_then_exact_maxsim(corpus, colbert, colbert_store):
+    pytest.importorskip("faiss")
+    _, _, queries = corpus
+    store = colbert_store
+    q, qm = rt.encode_queries(colbert, list(queries.values()))
+    exact_s, exact_r = store.search(q, qm, 10)
+    ivf = ix.IVFCandidates(store, n_lists=4)
+    # probing every list and fetching every token's neighbours makes every document a candidate: exact search
+    everything = rt._ivf_search(store, ivf, (q, qm), 10, n_candidates=N_DOCS, k_tokens=store.n_tokens, nprobe=4)
+    np.testing.assert_array_equal(everything[1], exact_r)
+    np.testing.assert_allclose(everything[0], exact_s, atol=1e-5)
+    # a narrow search: fewer candidates, each scored by exact MaxSim, and the best ones still found
+    s, r = rt._ivf_search(store, ivf, (q, qm), 5, n_candidates=8, k_tokens=4, nprobe=1)
+    for b in range(len(q)):
+        np.testing.assert_allclose(store.score(q[b], qm[b], r[b]), s[b], atol=1e-5)
+    assert np.mean([len(set(r[b]) & set(exact_r[b, :5])) for b in range(len(q))]) >= 2.5
+
+
+def test_load_model_from_a_work_directory(tmp_path, minilm_dir, corpus):
+    from distill_jax import kinds
+    from distill_jax.config import load_config, to_dict
+    from distill_jax.train.checkpoint import Checkpointer
+
+    cfg = load_config("configs/tiny.py:dense", ["model.vocab_size=30522", f"data.tokenizer={minilm_dir}",
+                                                "data.doc_maxlen=96", "data.query_maxlen=24",
+                                                "model.dense_pooling=cls", "checkpoint.async_save=False"])
+    model = build_model("dense", _tiny_encoder(cfg),
+                        **kinds.get("dense").model_options(cfg.model, cfg.data))
+    params = init_params(model, jax.random.key(3))
+    ck = Checkpointer(str(tmp_path / "run" / "checkpoints"), cfg.checkpoint, {"config": to_dict(cfg)})
+    ck.save(7, {"params": params, "step": np.int32(7)}, {"position": 7})
+    ck.close()
+    rm = rt.load_model(str(tmp_path / "run"))
+    assert (rm.kind, rm.query_maxlen, rm.doc_maxlen, rm.model.pooling) == ("dense", 24, 96, "cls")
+    assert "step 7" in rm.source
+    ids, texts, queries = corpus
+    direct = rt.RetrievalModel("dense", model, params, rm.tokenizer, 24, 96)
+    a, _ = rt.retrieve(rm, ids, texts, queries, depth=5, latency_queries=0, progress=False)
+    b, _ = rt.retrieve(direct, ids, texts, queries, depth=5, latency_queries=0, progress=False)
+    assert a == b
+    assert rt.load_model(str(tmp_path / "run"), doc_maxlen=64).doc_maxlen == 64
+
+
+def _tiny_encoder(cfg):
+    from distill_jax.train.state import encoder_config
+
+    return encoder_config(cfg.model)

@@ -326,17 +326,17 @@ class IVFCandidates:
         out = []
         for vec, mask in zip(np.asarray(q, np.float32), np.asarray(q_mask).astype(bool)):
             sims, ids = self.index.search(np.ascontiguousarray(vec[mask]), k_tokens)  # [Lq', k_tokens]
+            n_q = sims.shape[0]
             valid = ids >= 0
-            docs = self.token_doc[np.where(valid, ids, 0)]
-            approx: dict[int, np.ndarray] = {}
-            for j in range(docs.shape[0]):  # per query token: each document's best fetched similarity
-                for d, s in zip(docs[j][valid[j]], sims[j][valid[j]]):
-                    a = approx.setdefault(int(d), np.full(docs.shape[0], 0.0, np.float32))
-                    a[j] = max(a[j], s) if a[j] else s
-            rows = np.fromiter(approx, np.int64, len(approx))
-            score = np.array([approx[int(r)].sum() for r in rows], np.float32)
-            order = np.lexsort((rows, -score))[:n_candidates]
-            out.append(rows[order])
+            token = np.repeat(np.arange(n_q), k_tokens).reshape(n_q, k_tokens)[valid]
+            doc, sim = self.token_doc[ids[valid]], sims[valid]
+            # each (document, query token): its best fetched similarity; a document: the sum over query tokens
+            key = doc * n_q + token
+            order = np.lexsort((-sim, key))
+            first = np.r_[True, key[order][1:] != key[order][:-1]]
+            rows, inverse = np.unique(key[order][first] // n_q, return_inverse=True)
+            approx = np.bincount(inverse, weights=sim[order][first], minlength=len(rows))
+            out.append(rows[np.lexsort((rows, -approx))][:n_candidates])
         return out
 
 
