@@ -29,7 +29,7 @@ def get_config(variant=None):
         # train-teacher writes the label dataset (qrels + BM25 negatives of the non-held-out queries) here
         data=DataConfig(dataset_dir="runs/teacher_scifact/labels", collection_dir=os.path.normpath(SCIFACT),
                         split="train", batch_size=8, n_candidates=8,
-                        pair_maxlen=160, options={"sampling": "random", "top_k": 30}),
+                        pair_maxlen=160, sampling="random", top_k=30),
         checkpoint=CheckpointConfig(every_steps=100, keep=1, keep_best=1, best_metric="nDCG@10"),
         eval=EvalConfig(every_steps=100, depth=20, batch_size=160, metrics=("nDCG@10",)),
     )

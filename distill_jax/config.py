@@ -146,8 +146,16 @@ class DataConfig:
       query_maxlen, doc_maxlen: token lengths (ColBERT pads queries to query_maxlen with [MASK]).
       pair_maxlen: length of (query, passage) pairs for the cross-encoder.
       seed: shuffling / sampling seed of the loader (the model seed is ``TrainConfig.seed``).
-      num_records: number of synthetic examples per epoch.
-      options: extra keyword options passed to the dataset loader.
+      sampling: "hardest" (the best-scored positive and the N-1 negatives the teacher scores highest) or "random"
+        (a random positive and N-1 negatives drawn from the ``top_k`` best-scored), re-drawn every epoch.
+      top_k: the pool of "random" sampling (0: every negative).
+      teacher_combine: several teacher columns become one by "column" (``teacher_column``), "mean" or "zmean".
+      teacher_column: the column for "column".
+      bad_records: "raise" (stop at the first bad record of the dataset, naming it) or "skip" (drop and count).
+      max_skip_fraction: with "skip", still stop when more than this fraction of records is bad.
+      pretokenize: tokenise every passage and query once into token tables (False: tokenise each batch).
+      token_cache_dir: cache the token tables here by fingerprint ("" = no cache).
+      num_threads, prefetch: loader threads and batches built ahead.
     """
 
     source: str = "dataset"
@@ -161,8 +169,16 @@ class DataConfig:
     doc_maxlen: int = 180
     pair_maxlen: int = 256
     seed: int = 0
-    num_records: int = 100_000
-    options: dict = dataclasses.field(default_factory=dict)
+    sampling: str = "hardest"
+    top_k: int = 0
+    teacher_combine: str = "mean"
+    teacher_column: int = 0
+    bad_records: str = "raise"
+    max_skip_fraction: float = 0.001
+    pretokenize: bool = True
+    token_cache_dir: str = ""
+    num_threads: int = 2
+    prefetch: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +285,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice(cfg.optim.schedule, ("linear", "cosine", "constant"), "optim.schedule")
     _choice(cfg.optim.nonfinite, ("raise", "skip"), "optim.nonfinite")
     _choice(cfg.data.source, ("dataset", "synthetic"), "data.source")
+    _choice(cfg.data.sampling, ("hardest", "random"), "data.sampling")
+    _choice(cfg.data.teacher_combine, ("column", "mean", "zmean"), "data.teacher_combine")
+    _choice(cfg.data.bad_records, ("raise", "skip"), "data.bad_records")
     _choice(cfg.checkpoint.best_mode, ("max", "min"), "checkpoint.best_mode")
     for field, v in (("steps", cfg.steps), ("data.batch_size", cfg.data.batch_size),
                      ("data.n_candidates", cfg.data.n_candidates), ("optim.grad_accum", cfg.optim.grad_accum),
@@ -412,7 +431,7 @@ def tiny_variant(cfg: TrainConfig, **changes) -> TrainConfig:
                                 num_heads=4, intermediate_size=64, max_position_embeddings=128, dropout=0.1,
                                 colbert_dim=16, splade_chunk_size=0, dtype="float32", remat=False)
     data = dataclasses.replace(cfg.data, source="synthetic", batch_size=8, n_candidates=4, query_maxlen=8,
-                               doc_maxlen=16, pair_maxlen=24, num_records=10_000)
+                               doc_maxlen=16, pair_maxlen=24)
     optim = dataclasses.replace(cfg.optim, learning_rate=1e-3, warmup_steps=5)
     loss = dataclasses.replace(cfg.loss, reg_warmup_steps=min(cfg.loss.reg_warmup_steps, 10))
     tiny = dataclasses.replace(cfg, name=cfg.name + "_tiny", workdir=cfg.workdir + "_tiny", steps=20, log_every=5,

@@ -128,11 +128,6 @@ def check_batch_divisibility(global_batch: int, mesh: Mesh, grad_accum: int = 1)
         raise ValueError(f"global batch {global_batch} is not divisible by {jax.process_count()} hosts")
 
 
-def host_batch_size(global_batch: int) -> int:
-    """Queries each host loads per step."""
-    return global_batch // jax.process_count()
-
-
 def global_batch(local: Any, mesh: Mesh) -> Any:
     """Per-host numpy batch (leading axis = this host's share) -> global jax arrays sharded over the batch axes.
 
@@ -147,8 +142,3 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return jax.tree.map(put, local)
-
-
-def fetch(tree: Any) -> Any:
-    """Device values -> host numpy (replicated scalars such as metrics)."""
-    return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -1,4 +1,4 @@
-"""Name -> factory registries: configs name models, losses and schedules; code looks them up here.
+"""Name -> factory registries: configs name models, losses and regularisers; code looks them up here.
 
 A user registers their own component without editing the package::
 
@@ -46,4 +46,3 @@ class Registry(Generic[T]):
 models: Registry = Registry("model")
 losses: Registry = Registry("loss")
 regularizers: Registry = Registry("regularizer")
-schedules: Registry = Registry("schedule")

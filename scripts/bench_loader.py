@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from distill_jax.data import teacher_scores as ts  # noqa: E402
+from distill_jax.data import scores as ts  # noqa: E402
 from distill_jax.data.collections import TextTable, load_collection  # noqa: E402
 from distill_jax.data.pipeline import LoaderConfig, TrainLoader  # noqa: E402
 from distill_jax.data.tokenize import load_tokenizer  # noqa: E402

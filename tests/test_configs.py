@@ -58,11 +58,11 @@ def test_overrides_convert_types():
     cfg = student_recipe("x", "colbert", LossConfig())
     cfg = apply_overrides(cfg, ["optim.learning_rate=3e-5", "steps=1e3", "model.remat=true", "model.dtype=bfloat16",
                                 "loss.hp={\"temperature\": 0.5}", "loss.hp.all_pairs=True", "eval.metrics=nDCG@10",
-                                "data.options.sampling=random", "name=run=1"])
+                                "optim.lr_multipliers.classifier=10", "name=run=1"])
     assert cfg.optim.learning_rate == 3e-5 and cfg.steps == 1000 and cfg.model.remat is True
     assert cfg.model.dtype == "bfloat16" and cfg.name == "run=1"
     assert cfg.loss.hp == {"temperature": 0.5, "all_pairs": True}
-    assert cfg.eval.metrics == ("nDCG@10",) and cfg.data.options == {"sampling": "random"}
+    assert cfg.eval.metrics == ("nDCG@10",) and cfg.optim.lr_multipliers == {"classifier": 10}
     assert dataclasses.is_dataclass(cfg) and cfg.data.batch_size == 32  # untouched fields keep their values
 
 

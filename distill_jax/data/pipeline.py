@@ -412,7 +412,10 @@ def loader_for(cfg, vocab_size: int):
     tok = load_tokenizer(tokenizer_path(cfg))
     loader_cfg = LoaderConfig(batch_size=d.batch_size, num_candidates=d.n_candidates, model_kind=cfg.model.kind,
                               query_maxlen=d.query_maxlen, doc_maxlen=d.doc_maxlen, pair_maxlen=d.pair_maxlen,
-                              seed=d.seed, **d.options)
+                              seed=d.seed, sampling=d.sampling, top_k=d.top_k or None,
+                              teacher_combine=d.teacher_combine, teacher_column=d.teacher_column,
+                              policy=BadInputPolicy(d.bad_records, d.max_skip_fraction), pretokenize=d.pretokenize,
+                              token_cache_dir=d.token_cache_dir, num_threads=d.num_threads, prefetch=d.prefetch)
     loader = TrainLoader(d.dataset_dir, TextTable.from_collection(collection), collection.queries, tok, loader_cfg)
     for name, table in (("passages", loader.doc_tokens), ("queries", loader.query_tokens)):
         if table is not None and len(table.ids):

@@ -6,18 +6,19 @@ padded candidates change neither the value nor any gradient). Regularisers take 
 on and live in ``distill_jax.registry.regularizers``. See docs/losses.md for the formulas, papers and peers.
 """
 
-from distill_jax.losses._masking import masked_log_softmax, masked_mean, masked_softmax
+from distill_jax.losses.masking import masked_log_softmax, masked_mean, masked_softmax
 from distill_jax.losses.listwise import (append_in_batch, in_batch_negative_mask, infonce, kl, listnet,
                                          minmax_normalize)
 from distill_jax.losses.pairwise import fixed_margin_mse, margin_mse, mse
 from distill_jax.losses.pointwise import bce_with_logits, graded_bce
 from distill_jax.losses.ranking import cprd, plackett_luce
 from distill_jax.losses.representation import embedding_alignment, mlm
-from distill_jax.losses.sparsity import flops, l1, sparsity_stats, splade_lambda, splade_regularization
+from distill_jax.losses.sparsity import (flops, l1, sparsity_stats, splade_lambda, splade_regularization,
+                                      splade_regularization_terms)
 
 __all__ = [
     "append_in_batch", "bce_with_logits", "cprd", "embedding_alignment", "fixed_margin_mse", "flops", "graded_bce",
     "mlm", "plackett_luce", "in_batch_negative_mask", "infonce", "kl", "l1", "listnet",
     "margin_mse", "masked_log_softmax", "masked_mean", "masked_softmax", "minmax_normalize", "mse",
-    "sparsity_stats", "splade_lambda", "splade_regularization",
+    "sparsity_stats", "splade_lambda", "splade_regularization", "splade_regularization_terms",
 ]

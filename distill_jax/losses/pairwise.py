@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from distill_jax.losses._masking import as_bool, check_scores, masked_mean, zero_padding
+from distill_jax.losses.masking import as_bool, check_scores, masked_mean, zero_padding
 from distill_jax.registry import losses
 
 

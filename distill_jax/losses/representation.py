@@ -5,13 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from distill_jax.losses._masking import masked_mean
-from distill_jax.registry import losses
+from distill_jax.losses.masking import masked_mean
 
 IGNORE_INDEX = -100  # the Hugging Face label value for "no loss here"
 
 
-@losses.register("embedding_alignment")
 def embedding_alignment(student_embeddings: jax.Array, teacher_embeddings: jax.Array,
                         mask: jax.Array | None = None, *, metric: str = "mse", eps: float = 1e-8) -> jax.Array:
     """Align student embeddings with a teacher's (TCT-ColBERT, Lin et al. 2021, arXiv:2010.11386; LEAF, Vujanic &
@@ -44,7 +42,6 @@ def embedding_alignment(student_embeddings: jax.Array, teacher_embeddings: jax.A
     raise ValueError(f"embedding_alignment: metric must be 'mse' or 'cosine', got {metric!r}")
 
 
-@losses.register("mlm")
 def mlm(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Masked-language-model cross-entropy, mean over labelled positions (labels != -100, and ``mask`` if given).
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from distill_jax.losses._masking import masked_mean
-from distill_jax.registry import regularizers, schedules
+from distill_jax.losses.masking import masked_mean
+from distill_jax.registry import regularizers
 
 
 def _row_weights(reps: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -63,7 +63,6 @@ def l1(reps: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     return jnp.sum(weights * per_row) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
-@schedules.register("splade_quadratic")
 def splade_lambda(step: jax.Array | int, lambda_max: float, warmup_steps: int | jax.Array) -> jax.Array:
     """Quadratic warm-up of a regulariser weight: ``lambda_max * min(1, step / warmup_steps)^2``.
 
@@ -84,10 +83,28 @@ def splade_lambda(step: jax.Array | int, lambda_max: float, warmup_steps: int | 
     return lambda_max * ratio * ratio
 
 
+def splade_regularization_terms(query_reps: jax.Array, doc_reps: jax.Array, step: jax.Array | int, *,
+                                lambda_query: float, lambda_doc: float, warmup_steps: int,
+                                query_mask: jax.Array | None = None, doc_mask: jax.Array | None = None,
+                                query_regularizer: str | None = "flops",
+                                doc_regularizer: str | None = "flops") -> dict[str, jax.Array]:
+    """The parts of :func:`splade_regularization`: ``{"reg_query", "lambda_query", "reg_doc", "lambda_doc"}``
+    (a side whose regulariser is None or "" is left out). The train step logs them; the total is their weighted
+    sum."""
+    terms = {}
+    if query_regularizer:
+        terms["reg_query"] = regularizers.get(query_regularizer)(query_reps, query_mask)
+        terms["lambda_query"] = splade_lambda(step, lambda_query, warmup_steps)
+    if doc_regularizer:
+        terms["reg_doc"] = regularizers.get(doc_regularizer)(doc_reps, doc_mask)
+        terms["lambda_doc"] = splade_lambda(step, lambda_doc, warmup_steps)
+    return terms
+
+
 def splade_regularization(query_reps: jax.Array, doc_reps: jax.Array, step: jax.Array | int, *,
                           lambda_query: float, lambda_doc: float, warmup_steps: int,
                           query_mask: jax.Array | None = None, doc_mask: jax.Array | None = None,
-                          query_regularizer: str = "flops", doc_regularizer: str = "flops") -> jax.Array:
+                          query_regularizer: str | None = "flops", doc_regularizer: str | None = "flops") -> jax.Array:
     """``lambda_q(step) * R_q(queries) + lambda_d(step) * R_d(documents)`` with separate weights and regularisers.
 
     Documents of all candidate columns are regularised together, as sentence-transformers' ``SpladeLoss`` does
@@ -96,14 +113,14 @@ def splade_regularization(query_reps: jax.Array, doc_reps: jax.Array, step: jax.
     Args:
       query_reps: [B, V]; doc_reps: [D, V]; step: optimiser step; lambda_query / lambda_doc: final weights;
       warmup_steps: quadratic warm-up length; query_mask / doc_mask: row masks; query_regularizer /
-      doc_regularizer: names in ``distill_jax.registry.regularizers`` ("flops", "l1", or a user's).
+      doc_regularizer: names in ``distill_jax.registry.regularizers`` ("flops", "l1", or a user's; None: none).
     Returns:
       scalar.
     """
-    reg_q = regularizers.get(query_regularizer)(query_reps, query_mask)
-    reg_d = regularizers.get(doc_regularizer)(doc_reps, doc_mask)
-    return (splade_lambda(step, lambda_query, warmup_steps) * reg_q
-            + splade_lambda(step, lambda_doc, warmup_steps) * reg_d)
+    t = splade_regularization_terms(query_reps, doc_reps, step, lambda_query=lambda_query, lambda_doc=lambda_doc,
+                                    warmup_steps=warmup_steps, query_mask=query_mask, doc_mask=doc_mask,
+                                    query_regularizer=query_regularizer, doc_regularizer=doc_regularizer)
+    return sum(t[f"lambda_{side}"] * t[f"reg_{side}"] for side in ("query", "doc") if f"reg_{side}" in t)
 
 
 def sparsity_stats(reps: jax.Array, mask: jax.Array | None = None) -> jax.Array:

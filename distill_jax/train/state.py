@@ -142,15 +142,14 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _init_length(kind: str) -> int:
-    return 8
+INIT_LENGTH = 8  # token length of the shape-only batch parameters are initialised from (any length gives them)
 
 
 def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh, seed: int = 0):
     """(abstract state, state shardings): ``eval_shape`` of a boxed init, logical names -> mesh axes."""
 
     def boxed_init(rng):
-        params = model.init(rng, dummy_batch(_init_length(""), 1))["params"]
+        params = model.init(rng, dummy_batch(INIT_LENGTH, 1))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jnp.zeros((2,), jnp.uint32), skipped=jnp.zeros((), jnp.int32))
 
@@ -175,7 +174,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, mesh, seed:
 
     def init(rng, dropout_rng, params=None):
         if params is None:
-            params = nn.unbox(model.init(rng, dummy_batch(_init_length(""), 1))["params"])
+            params = nn.unbox(model.init(rng, dummy_batch(INIT_LENGTH, 1))["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jax.random.key_data(dropout_rng), skipped=jnp.zeros((), jnp.int32))
 

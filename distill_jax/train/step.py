@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import distill_jax.losses  # noqa: F401  (registers the loss zoo and regularisers)
 from distill_jax import distributed
 from distill_jax.config import TrainConfig
-from distill_jax.losses import in_batch_negative_mask, sparsity_stats, splade_lambda
+from distill_jax.losses import in_batch_negative_mask, sparsity_stats, splade_regularization_terms
 from distill_jax.registry import losses as LOSSES, regularizers as REGULARIZERS
 from distill_jax.kinds import get as get_kind
 from distill_jax.train.state import TrainState
@@ -56,8 +56,9 @@ def make_loss_fn(model, cfg: TrainConfig) -> Callable:
     kind, lc = get_kind(cfg.model.kind), cfg.loss
     loss = LOSSES.get(lc.name)
     hp = dict(lc.hp)
-    reg_q = REGULARIZERS.get(lc.regularizer_q) if lc.regularizer_q else None
-    reg_d = REGULARIZERS.get(lc.regularizer_d) if lc.regularizer_d else None
+    for name in (lc.regularizer_q, lc.regularizer_d):  # unknown names fail here, not inside the trace
+        if name:
+            REGULARIZERS.get(name)
 
     def loss_fn(params, batch, rng, step):
         weight = batch["weight"].astype(jnp.float32)  # [B]: 0 = padding example
@@ -71,21 +72,19 @@ def make_loss_fn(model, cfg: TrainConfig) -> Callable:
         main = loss(out.scores, teacher, mask, **kwargs)
         total = main
         means = {"loss_main": main}
-        if out.query_reps is not None:  # SPLADE: sparsity of the real queries and candidates
+        if kind.sparse:  # SPLADE: sparsity of the real queries and candidates, and the regularisers
             d_flat = out.doc_reps.reshape(-1, out.doc_reps.shape[-1])
             d_rows = mask.reshape(-1)
             means["nnz_query"] = sparsity_stats(out.query_reps, weight)
             means["nnz_doc"] = sparsity_stats(d_flat, d_rows)
-            if reg_q is not None:
-                lam = splade_lambda(step, lc.lambda_q, lc.reg_warmup_steps)
-                r = reg_q(out.query_reps, weight)
-                total = total + lam * r
-                means.update(reg_query=r, lambda_query=lam)
-            if reg_d is not None:
-                lam = splade_lambda(step, lc.lambda_d, lc.reg_warmup_steps)
-                r = reg_d(d_flat, d_rows)
-                total = total + lam * r
-                means.update(reg_doc=r, lambda_doc=lam)
+            terms = splade_regularization_terms(
+                out.query_reps, d_flat, step, lambda_query=lc.lambda_q, lambda_doc=lc.lambda_d,
+                warmup_steps=lc.reg_warmup_steps, query_mask=weight, doc_mask=d_rows,
+                query_regularizer=lc.regularizer_q or None, doc_regularizer=lc.regularizer_d or None)
+            for side in ("query", "doc"):
+                if f"reg_{side}" in terms:
+                    total = total + terms[f"lambda_{side}"] * terms[f"reg_{side}"]
+            means.update(terms)
         means["loss"] = total
         tokens = sum(_real_tokens(batch[g]["attention_mask"], weight) for g in kind.groups)
         sums = {"examples": jnp.sum(weight), "tokens": tokens}
@@ -143,6 +142,7 @@ def make_step_fn(model, cfg: TrainConfig, tx: optax.GradientTransformation,
         return means["loss"], means, s, scores, jax.tree.map(lambda a: a / w, g)
 
     def train_step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, Array]]:
+        train_step.traces += 1  # Python runs only while jax traces: one trace per compiled shape
         batch = {n: v for n, v in batch.items() if n not in HOST_ONLY_KEYS}
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         loss, means, sums, scores, grads = gradients(state.params, batch, key, state.step)
@@ -162,13 +162,15 @@ def make_step_fn(model, cfg: TrainConfig, tx: optax.GradientTransformation,
         metrics = {n: jnp.asarray(v, jnp.float32) for n, v in metrics.items()}
         return new_state, {**metrics, "scores": scores.astype(jnp.float32)}
 
+    train_step.traces = 0
     return train_step
 
 
 def compile_train_step(model, cfg: TrainConfig, tx: optax.GradientTransformation, mesh,
                        shardings: TrainState, schedule: optax.Schedule | None = None, donate: bool = True):
     """``jax.jit`` of the step with explicit shardings: state as born, batch over the batch axes, metrics
-    replicated; the input state is donated (its buffers are reused for the new state)."""
+    replicated; the input state is donated (its buffers are reused for the new state). The jitted function's
+    ``__wrapped__.traces`` counts its compilations."""
     step = make_step_fn(model, cfg, tx, schedule, mesh)
     return jax.jit(step, in_shardings=(shardings, distributed.batch_sharding(mesh)),
                    out_shardings=(shardings, distributed.replicated(mesh)),

@@ -194,7 +194,7 @@ def train(cfg: TrainConfig, mesh=None, validator: Callable | None = None) -> dic
         bar.close()
         writer.close()
         ckpt.close()
-    return {"state": state, "losses": losses, "compiles": train_step._cache_size(), "start_step": start,
+    return {"state": state, "losses": losses, "compiles": train_step.__wrapped__.traces, "start_step": start,
             "last_metrics": last, "validation": val_metrics}
 
 
