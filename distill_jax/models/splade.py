@@ -6,6 +6,10 @@ vocabulary bias.
 
 A checkpoint without an MLM head (e.g. the sentence-transformers all-MiniLM-L6-v2) gets :func:`lexical_mlm_head`
 instead of a random one: a random head activates nearly the whole vocabulary with dot products ~1e4.
+
+The pooled head runs through :func:`distill_jax.models.splade_head.splade_max_pool` (a custom VJP whose backward
+touches one position per term and sequence); ``Splade(argmax_head=False)`` keeps the plain autodiffed
+formulation as the reference.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax.models import splade_head
 from distill_jax.models.encoder import ACTIVATIONS, Encoder, EncoderConfig, _zeros, dense, layer_norm
 
 
@@ -28,10 +33,11 @@ def splade_pool(logits: jax.Array, mask: jax.Array) -> jax.Array:
       mask: [B, L] 1 for real tokens.
 
     Returns:
-      [B, V] non-negative term weights (float32).
+      [B, V] non-negative term weights (float32; float64 for float64 logits).
     """
-    w = jnp.log1p(jax.nn.relu(logits.astype(jnp.float32)))
-    return jnp.max(w * mask[..., None].astype(jnp.float32), axis=-2)
+    acc = jnp.promote_types(logits.dtype, jnp.float32)
+    w = jnp.log1p(jax.nn.relu(logits.astype(acc)))
+    return jnp.max(w * mask[..., None].astype(acc), axis=-2)
 
 
 # The fresh head (see lexical_mlm_head). FRESH_HEAD_Z: a term fires at a position only if its logit is more than
@@ -76,13 +82,24 @@ def lexical_mlm_head(word_embeddings: np.ndarray, z: float = FRESH_HEAD_Z,
 
 
 class Splade(nn.Module):
-    """Attributes: cfg, dtype, remat; ``chunk_size`` pools the vocabulary projection over chunks of that many
-    token positions (scanned and rematerialised) so [B, L, V] logits never exist at once; 0 = no chunking."""
+    """SPLADE encoder.
+
+    Attributes:
+      cfg, dtype, remat: as :class:`Encoder`.
+      chunk_size: pool the vocabulary projection over blocks of this many token positions so [B, L, V] logits
+        never exist at once; 0 = the argmax head's default (``splade_head.DEFAULT_CHUNK``), the plain head at
+        once.
+      argmax_head: True (default) = :func:`splade_head.splade_max_pool` (custom VJP, sparse backward);
+        False = the plain formulation under autodiff (rematerialised scan when chunked), the reference.
+      head_backward: the argmax head's backward ("auto", "loop", "batched"; see ``splade_max_pool``).
+    """
 
     cfg: EncoderConfig
     dtype: Any = jnp.float32
     remat: bool = False
     chunk_size: int = 0
+    argmax_head: bool = True
+    head_backward: str = "auto"
 
     def setup(self):
         c = self.cfg
@@ -91,10 +108,14 @@ class Splade(nn.Module):
         self.transform_LayerNorm = layer_norm(c, self.dtype, "transform_LayerNorm")
         self.bias = self.param("bias", _zeros(("vocab",)), (c.vocab_size,), jnp.float32)
 
+    def transform(self, h: jax.Array) -> jax.Array:
+        """[..., H] hidden states -> [..., H] the MLM transform (dense, activation, LayerNorm)."""
+        return self.transform_LayerNorm(ACTIVATIONS[self.cfg.hidden_act](self.transform_dense(h)))
+
     def mlm_logits(self, h: jax.Array) -> jax.Array:
-        """[..., H] hidden states -> [..., V] MLM logits (float32)."""
-        t = self.transform_LayerNorm(ACTIVATIONS[self.cfg.hidden_act](self.transform_dense(h)))
-        return self.encoder.attend(t).astype(jnp.float32) + self.bias
+        """[..., H] hidden states -> [..., V] MLM logits (float32; float64 in a float64 model)."""
+        logits = self.encoder.attend(self.transform(h))
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32)) + self.bias
 
     def __call__(self, batch: dict[str, jax.Array], deterministic: bool = True) -> jax.Array:
         """Encodes texts.
@@ -109,7 +130,11 @@ class Splade(nn.Module):
         lead, length = ids.shape[:-1], ids.shape[-1]
         mask = batch["attention_mask"].reshape(-1, length)
         h = self.encoder(ids.reshape(-1, length), mask, None, deterministic)
-        if not self.chunk_size or self.chunk_size >= length:
+        if self.argmax_head:
+            emb = self.encoder.embeddings.word_embeddings.embedding  # [V, H]: the tied decoder
+            out = splade_head.splade_max_pool(self.transform(h), emb, self.bias, mask,
+                                              self.chunk_size or splade_head.DEFAULT_CHUNK, self.head_backward)
+        elif not self.chunk_size or self.chunk_size >= length:
             out = splade_pool(self.mlm_logits(h), mask)
         else:
             if length % self.chunk_size:
@@ -122,6 +147,6 @@ class Splade(nn.Module):
                 return jnp.maximum(carry, splade_pool(mdl.mlm_logits(xs[0]), xs[1])), None
 
             scan = nn.scan(nn.remat(body), variable_broadcast="params", split_rngs={"params": False})
-            init = jnp.zeros((h.shape[0], self.cfg.vocab_size), jnp.float32)
+            init = jnp.zeros((h.shape[0], self.cfg.vocab_size), jnp.promote_types(h.dtype, jnp.float32))
             out, _ = scan(self, init, (hc, mc))
         return out.reshape(*lead, self.cfg.vocab_size)
