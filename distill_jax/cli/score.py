@@ -34,6 +34,9 @@ def main(argv: list[str]) -> int:
                tuple(b for b in (64, 128, 192) if b < a.max_length) + (a.max_length,))
     cfg = ScoreConfig(tuple(a.teacher), a.collection, a.candidates, a.out, a.split, a.num_shards, a.max_length,
                       buckets, a.batch_size, a.dtype, a.max_candidates)
+    from distill_jax import distributed
+
+    distributed.initialize_if_multihost()  # host h of P scores shards h, h+P, ... (same variables as train)
     stats = run_score(cfg)
     print(f"score: {stats['shards_scored']} shard(s) scored, {stats['shards_skipped']} already done; "
           f"{stats['pairs']} pairs at {stats['pairs_per_s']:.1f} pairs/s; padding {stats['padding_fraction']:.1%}")
