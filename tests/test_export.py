@@ -64,7 +64,7 @@ def test_export_run_writes_the_trained_params(tmp_path):
     cfg = dataclasses.replace(cfg, workdir=str(tmp_path / "run"), steps=2, progress=False, tensorboard=False,
                               checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=2, async_save=False))
     final = jax.device_get(train(cfg)["state"].params)
-    out, step = export_run(str(tmp_path / "run"), str(tmp_path / "hf"))
+    out, step = export_run(str(tmp_path / "run"), str(tmp_path / "hf"), fmt="transformers")
     assert step == 2
     _, back = load_pretrained("cross_encoder", out)
     same = jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), final, back)

@@ -18,7 +18,8 @@ from distill_jax.models.colbert import ColBERT, ColBERTConfig
 from distill_jax.models.cross_encoder import CrossEncoder
 from distill_jax.models.dense import DenseEncoder
 from distill_jax.models.encoder import Encoder, EncoderConfig, check_token_ids
-from distill_jax.models.hf import import_params, read_state_dict, resolve_checkpoint_dir
+from distill_jax.models.hf import (import_params, merge_options, read_state_dict, resolve_checkpoint_dir,
+                                   serving_options, transformer_dir)
 from distill_jax.models.splade import Splade
 from distill_jax.registry import models as MODELS
 
@@ -60,7 +61,14 @@ def init_params(model: nn.Module, rng: jax.Array, length: int = 8) -> dict[str, 
 def load_pretrained(kind: str, name_or_path: str, dtype: Any = jnp.float32, remat: bool = False,
                     seed: int = 0, allow_pickle: bool = False, fresh_head: tuple[float, float] | None = None,
                     **options) -> tuple[nn.Module, dict[str, Any]]:
-    """Loads a Hugging Face checkpoint (local directory or hub id) as a model kind.
+    """Loads a checkpoint (local directory or hub id) as a model kind.
+
+    Accepts plain Hugging Face directories and the serving layouts ``distill-jax export`` writes (and the public
+    models in them): a PyLate ColBERT, a sentence-transformers SparseEncoder, CrossEncoder or SentenceTransformer
+    (Transformer at the root or in the subfolder ``modules.json`` names, Pooling / Dense / Normalize modules).
+    Build ``options`` the caller leaves out are taken from the directory (:func:`hf.serving_options`: ColBERT's
+    lengths, markers and projection size; the dense student's pooling, projection and normalisation); options the
+    caller passes win, with a warning where the directory says otherwise.
 
     Heads the checkpoint lacks (the classifier of a plain ``BertModel``, SPLADE's MLM transform,
     ColBERT's projection) are freshly initialised from ``seed`` and a warning says so; SPLADE's missing MLM head
@@ -70,9 +78,10 @@ def load_pretrained(kind: str, name_or_path: str, dtype: Any = jnp.float32, rema
       (model, params): ``model.apply({'params': params}, batch)`` runs it.
     """
     path = resolve_checkpoint_dir(name_or_path)
-    cfg = EncoderConfig.from_pretrained_dir(path)
+    cfg = EncoderConfig.from_pretrained_dir(transformer_dir(path))
+    options = merge_options(serving_options(kind, path), options, source=path)
     model = build_model(kind, cfg, dtype=dtype, remat=remat, **options)
     fresh = init_params(model, jax.random.key(seed))
-    params = import_params(kind, cfg, read_state_dict(path, allow_pickle), fresh, source=path,
+    params = import_params(kind, cfg, read_state_dict(path, allow_pickle, kind=kind), fresh, source=path,
                            projection=bool(options.get("projection_dim")), fresh_head=fresh_head)
     return model, jax.tree.map(jnp.asarray, params)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import logging
 import os
 import re
+import string
 from typing import Any
 
 import numpy as np
@@ -141,12 +143,44 @@ def resolve_checkpoint_dir(name_or_path: str) -> str:
         ) from err
 
 
-def read_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+def read_state_dict(path: str, allow_pickle: bool = False, kind: str | None = None) -> dict[str, np.ndarray]:
     """Reads every weight file of a checkpoint directory into float32/int numpy arrays.
 
     Safetensors are preferred. ``pytorch_model.bin`` (a pickle, which can execute code) is read only with
-    ``allow_pickle=True``. A PyLate/sentence-transformers ``1_Dense`` module contributes ``linear.weight``.
+    ``allow_pickle=True``. In a sentence-transformers / PyLate directory (``modules.json``) the transformer's
+    weights come from its module's folder (the root or a subfolder) and the one ``Dense`` module, if any, is
+    the projection: ``projection.weight`` for the ``dense`` kind, ``linear.weight`` otherwise (ColBERT). Without a
+    ``modules.json``, a ``1_Dense`` folder still contributes ``linear.weight`` (older PyLate exports).
+
+    Raises:
+      FileNotFoundError: no weights; ValueError: a pickle without ``allow_pickle``, more than one Dense module,
+        or a Dense module that is not a bias-free linear map (the message names its config file).
     """
+    modules = read_modules(path)
+    state = _read_weights(transformer_dir(path), allow_pickle)
+    if modules is None:
+        legacy = os.path.join(path, "1_Dense")
+        if os.path.isfile(os.path.join(legacy, "model.safetensors")):
+            state.update({k: v for k, v in _read_weights(legacy, allow_pickle).items() if k.startswith("linear.")})
+    else:
+        dense = [m for m in modules if _module_type(m).endswith("Dense")]
+        if len(dense) > 1:
+            raise ValueError(f"{path}/modules.json has {len(dense)} Dense modules "
+                             f"({', '.join(m.get('path', '') for m in dense)}); distill-jax models have at most one "
+                             "projection: merge them into one linear map or drop the extra ones")
+        if dense:
+            folder = os.path.join(path, dense[0].get("path", ""))
+            _check_linear_module(folder)
+            weight = _read_weights(folder, allow_pickle)
+            if "linear.weight" not in weight:
+                raise ValueError(f"{folder} holds {sorted(weight)[:4]}, not the Dense module's linear.weight")
+            state["projection.weight" if kind == "dense" else "linear.weight"] = weight["linear.weight"]
+    return {k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v)
+            for k, v in state.items()}
+
+
+def _read_weights(path: str, allow_pickle: bool) -> dict[str, np.ndarray]:
+    """The tensors of one folder's ``*.safetensors`` (else ``pytorch_model.bin`` with ``allow_pickle``)."""
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     state: dict[str, np.ndarray] = {}
     if files:
@@ -154,7 +188,8 @@ def read_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarr
 
         for f in files:
             state.update(load_file(f))
-    elif os.path.isfile(os.path.join(path, "pytorch_model.bin")):
+        return state
+    if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
         if not allow_pickle:
             raise ValueError(
                 f"{path} holds only pytorch_model.bin, a pickle that can run code when loaded; convert it to "
@@ -163,16 +198,137 @@ def read_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarr
         import torch
 
         sd = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
-        state = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
-    else:
-        raise FileNotFoundError(f"{path} has no model.safetensors (or pytorch_model.bin): no weights to load")
-    dense_file = os.path.join(path, "1_Dense", "model.safetensors")
-    if os.path.isfile(dense_file):
-        from safetensors.numpy import load_file
+        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+    raise FileNotFoundError(f"{path} has no model.safetensors (or pytorch_model.bin): no weights to load")
 
-        state.update({k: v for k, v in load_file(dense_file).items() if k.startswith("linear.")})
-    return {k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v)
-            for k, v in state.items()}
+
+# ---------------------------------------------------------------------------------------------------------------
+# sentence-transformers / PyLate directories (modules.json)
+# ---------------------------------------------------------------------------------------------------------------
+
+_TRANSFORMER_TYPES = ("Transformer", "MLMTransformer")
+
+
+def read_modules(path: str) -> list[dict] | None:
+    """The entries of ``path/modules.json`` (a sentence-transformers / PyLate directory), None without one.
+
+    Raises:
+      ValueError: the file is not a JSON list of modules.
+    """
+    file = os.path.join(path, "modules.json")
+    if not os.path.isfile(file):
+        return None
+    modules = _read_json(file)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) and "type" in m for m in modules):
+        raise ValueError(f"{file} is not a sentence-transformers module list ([{{'idx', 'name', 'path', "
+                         "'type'}, ...]); fix or remove it")
+    return modules
+
+
+def transformer_dir(path: str) -> str:
+    """The folder holding the transformer's ``config.json`` and weights: ``path`` itself, or the subfolder its
+    ``modules.json`` names for the (MLM)Transformer module (older sentence-transformers models: ``0_Transformer``).
+    """
+    for m in read_modules(path) or []:
+        if _module_type(m).rsplit(".", 1)[-1] in _TRANSFORMER_TYPES:
+            return os.path.join(path, m.get("path", "")) if m.get("path") else path
+    return path
+
+
+def serving_options(kind: str, path: str) -> dict[str, Any]:
+    """The :func:`distill_jax.models.build_model` options a serving directory states for ``kind``.
+
+    - ``colbert`` (a PyLate directory: a ``pylate`` module type or ColBERT keys in
+      ``config_sentence_transformers.json``): ``colbert=ColBERTConfig`` (prefixes -> markers, query/document
+      lengths, attend_to_expansion_tokens, skiplist -> mask_punctuation; PyLate's own defaults for keys it lacks)
+      with ``dim`` from the Dense module;
+    - ``dense``: ``pooling`` (cls / mean) from the Pooling module, ``projection_dim`` from the Dense module,
+      ``normalize`` from a Normalize module;
+    - other kinds, or a plain transformers directory: ``{}``.
+
+    Raises:
+      ValueError: a layout distill-jax cannot reproduce (another pooling mode, no query expansion), naming the
+        file.
+    """
+    modules = read_modules(path)
+    if modules is None or kind not in ("colbert", "dense"):
+        return {}
+    dense = [m for m in modules if _module_type(m).endswith("Dense")]
+    out_features = None
+    if dense:
+        out_features = int(_read_json(os.path.join(path, dense[0].get("path", ""), "config.json"))["out_features"])
+    if kind == "dense":
+        out: dict[str, Any] = {"normalize": any(_module_type(m).endswith("Normalize") for m in modules),
+                               "projection_dim": out_features or 0}
+        for m in modules:
+            if _module_type(m).endswith("Pooling"):
+                out["pooling"] = _pooling_mode(os.path.join(path, m.get("path", ""), "config.json"))
+        return out
+    from distill_jax.models.colbert import ColBERTConfig
+
+    file = os.path.join(path, "config_sentence_transformers.json")
+    st = _read_json(file) if os.path.isfile(file) else {}
+    pylate = any("pylate" in _module_type(m).lower() for m in modules)
+    if not (pylate or {"query_prefix", "query_length", "document_length"} & set(st)):
+        return {}  # a sentence-transformers model, not a ColBERT: nothing to say about ColBERT
+    if st.get("do_query_expansion", True) is False:
+        raise ValueError(f"{file}: do_query_expansion is false; distill-jax ColBERT always pads queries with "
+                         "[MASK] to query_length (set it to true, or train without expansion elsewhere)")
+    skip = st.get("skiplist_words", list(string.punctuation))
+    if skip and set(skip) != set(string.punctuation):
+        log.warning("%s: skiplist_words %s are not string.punctuation; distill-jax masks the punctuation "
+                    "characters of the vocabulary at scoring", file, skip[:8])
+    defaults = ColBERTConfig()
+    cfg = ColBERTConfig(dim=out_features or defaults.dim,
+                        query_maxlen=int(st.get("query_length", 32)), doc_maxlen=int(st.get("document_length", 180)),
+                        query_marker=st.get("query_prefix", "[Q] "), doc_marker=st.get("document_prefix", "[D] "),
+                        attend_to_expansion_tokens=bool(st.get("attend_to_expansion_tokens", False)),
+                        mask_punctuation=bool(skip))
+    return {"colbert": cfg}
+
+
+def merge_options(stated: dict[str, Any], given: dict[str, Any], source: str) -> dict[str, Any]:
+    """``given`` build options over the ones a directory ``stated``, with a warning for each disagreement (a run
+    whose config differs from the directory it starts from trains another model than the one served)."""
+    for key in sorted(set(stated) & set(given)):
+        if stated[key] != given[key]:
+            log.warning("%s states %s=%r, the caller asks for %r: using %r", source, key, stated[key], given[key],
+                        given[key])
+    return {**stated, **given}
+
+
+def _pooling_mode(file: str) -> str:
+    cfg = _read_json(file)
+    modes = sorted(k[len("pooling_mode_"):] for k, v in cfg.items() if k.startswith("pooling_mode_") and v)
+    if modes == ["cls_token"]:
+        return "cls"
+    if modes == ["mean_tokens"]:
+        return "mean"
+    raise ValueError(f"{file}: pooling {modes or 'none'}; distill-jax's dense student pools by cls_token or "
+                     "mean_tokens only")
+
+
+def _check_linear_module(folder: str) -> None:
+    """Refuses a Dense module that is not ``y = W x`` (bias, activation or residual)."""
+    file = os.path.join(folder, "config.json")
+    cfg = _read_json(file) if os.path.isfile(file) else {}
+    act = str(cfg.get("activation_function", "torch.nn.modules.linear.Identity"))
+    if cfg.get("bias") or cfg.get("use_residual") or not act.endswith("Identity"):
+        raise ValueError(f"{file}: a Dense module with bias={cfg.get('bias')}, activation {act}, "
+                         f"use_residual={cfg.get('use_residual', False)}; distill-jax projections are bias-free "
+                         "linear maps (Identity activation, no residual)")
+
+
+def _module_type(module: dict) -> str:
+    return str(module.get("type", ""))
+
+
+def _read_json(file: str) -> Any:
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON ({e}); fix or re-export the directory") from e
 
 
 def _get(tree: dict, path: Path):
