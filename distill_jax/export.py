@@ -192,8 +192,6 @@ def save_pretrained(kind: str, cfg: EncoderConfig, params: dict[str, Any], out_d
         p = _to_numpy(params)
         prefix = "" if kind == "dense" else "bert."  # ColBERT: Stanford's HF_ColBERT names (bert.*, linear)
         state = export_state_dict(kind, cfg, p, prefix=prefix, projection="projection" in p)
-        if kind == "splade":
-            state = _tie_decoder(state)
         _save_safetensors(os.path.join(tmp, "model.safetensors"), state)
         extra = {"architectures": ["HF_ColBERT" if kind == "colbert" else ARCHITECTURES[kind]]}
         if kind == "cross_encoder":
@@ -251,7 +249,7 @@ def _write_colbert(d: str, spec: ServingSpec, enc: EncoderConfig, params: dict, 
 def _write_sparse_encoder(d: str, spec: ServingSpec, enc: EncoderConfig, params: dict, vocab: dict,
                           pooler: dict) -> None:
     """sentence-transformers ``SparseEncoder``: MLMTransformer (``BertForMaskedLM``) + SpladePooling(max, relu)."""
-    state = _tie_decoder(export_state_dict("splade", enc, params, prefix="bert."))
+    state = export_state_dict("splade", enc, params, prefix="bert.")  # decoder tied to the word embeddings
     _write_transformer(d, enc, state, "splade", spec.doc_maxlen)
     _write_modules(d, [("", "sentence_transformers.sparse_encoder.models.MLMTransformer"),
                        ("1_SpladePooling", "sentence_transformers.sparse_encoder.models.SpladePooling")])
@@ -352,12 +350,6 @@ def _base_pooler(base_dir: str, enc: EncoderConfig) -> dict[str, np.ndarray]:
 def _classifier_config(activation: str) -> dict[str, Any]:
     return {"num_labels": 1, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
             "sentence_transformers": {"activation_fn": activation}}
-
-
-def _tie_decoder(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """SPLADE's decoder is tied to the word embeddings; written out as transformers does for older readers."""
-    return state | {"cls.predictions.decoder.weight": state["bert.embeddings.word_embeddings.weight"],
-                    "cls.predictions.decoder.bias": state["cls.predictions.bias"]}
 
 
 def _save_safetensors(path: str, state: dict[str, np.ndarray]) -> None:
