@@ -430,3 +430,81 @@ def test_sentence_transformer_embeddings_as_distill_jax(exported, scifact):
     print(f"\ndense {len(docs)} docs: embeddings max|diff| {diff:.2e}")
     assert diff < 1e-4
     np.testing.assert_array_equal(_top10(queries_v @ docs_v.T), _top10(ours["q"] @ ours["d"].T))
+
+
+def test_load_pretrained_reads_directories_the_peers_wrote(tmp_path, minilm_dir, scifact):
+    """A PyLate ColBERT and a SentenceTransformer (cls pooling, Dense, Normalize) saved by the peer libraries
+    themselves: distill-jax takes every setting from the directory and encodes as the peer does."""
+    torch = pytest.importorskip("torch")
+    models = pytest.importorskip("pylate.models")
+    st = pytest.importorskip("sentence_transformers")
+    from distill_jax.data import tokenize as tk
+    from distill_jax.models import load_pretrained
+
+    queries, docs = scifact[0][:4], scifact[1][:4]
+    torch.manual_seed(0)
+    pm = models.ColBERT(model_name_or_path=minilm_dir, query_prefix="[unused0]", document_prefix="[unused1]",
+                        query_length=20, document_length=40, embedding_size=48, device="cpu")
+    pm.save(str(tmp_path / "pylate"))
+    model, params = load_pretrained("colbert", str(tmp_path / "pylate"))
+    c = model.colbert
+    assert (c.dim, c.query_maxlen, c.doc_maxlen, c.query_marker, c.mask_punctuation) == (48, 20, 40, "[unused0]",
+                                                                                         True)
+    tok = tk.load_tokenizer(str(tmp_path / "pylate"))
+    db = tk.encode_colbert_documents(tok, docs, c)
+    ours = _apply_batched(model, params, {k: db[k] for k in ("input_ids", "attention_mask")}, size=4)
+    theirs = pm.encode(docs, is_query=False)
+    assert max(float(np.abs(t - o[m.astype(bool)]).max()) for t, o, m in zip(theirs, ours, db["score_mask"])) < 1e-5
+
+    dense = st.SentenceTransformer(modules=[
+        st.models.Transformer(minilm_dir, max_seq_length=64), st.models.Pooling(384, "cls"),
+        st.models.Dense(384, 32, bias=False, activation_function=torch.nn.Identity()), st.models.Normalize()],
+        device="cpu")
+    dense.save(str(tmp_path / "st"))
+    model, params = load_pretrained("dense", str(tmp_path / "st"))
+    assert (model.pooling, model.projection_dim, model.normalize) == ("cls", 32, True)
+    ours = _apply_batched(model, params, tk.encode_texts(tok, queries + docs, 64), size=8)
+    assert float(np.abs(dense.encode(queries + docs) - ours).max()) < 1e-5
+
+
+def test_layouts_distill_jax_cannot_reproduce_are_refused_by_name(tmp_path):
+    from safetensors.numpy import save_file
+
+    from distill_jax.models.hf import read_state_dict, serving_options
+
+    def module_dir(name, modules, files):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "modules.json").write_text(json.dumps([{"idx": i, "name": str(i), "path": p, "type": t}
+                                                     for i, (p, t) in enumerate(modules)]))
+        for rel, content in files.items():
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            if rel.endswith(".json"):
+                (d / rel).write_text(json.dumps(content))
+            else:
+                save_file(content, str(d / rel))
+        return str(d)
+
+    w = {"embeddings.word_embeddings.weight": np.zeros((4, 2), np.float32)}
+    pooled = module_dir("maxpool", [("", "sentence_transformers.models.Transformer"),
+                                    ("1_Pooling", "sentence_transformers.models.Pooling")],
+                        {"1_Pooling/config.json": {"pooling_mode_max_tokens": True}, "model.safetensors": w})
+    with pytest.raises(ValueError, match=r"1_Pooling/config.json: pooling \['max_tokens'\]; .* cls_token or "
+                                         "mean_tokens only"):
+        serving_options("dense", pooled)
+    biased = module_dir("bias", [("", "sentence_transformers.models.Transformer"),
+                                 ("2_Dense", "sentence_transformers.models.Dense")],
+                        {"2_Dense/config.json": {"in_features": 2, "out_features": 2, "bias": True,
+                                                 "activation_function": "torch.nn.modules.activation.Tanh"},
+                         "2_Dense/model.safetensors": {"linear.weight": np.eye(2, dtype=np.float32)},
+                         "model.safetensors": w})
+    with pytest.raises(ValueError, match=r"2_Dense/config.json: a Dense module with bias=True, activation "
+                                         r"torch.nn.modules.activation.Tanh"):
+        read_state_dict(biased, kind="dense")
+    sub = module_dir("sub", [("0_Transformer", "sentence_transformers.models.Transformer"),
+                             ("1_Dense", "sentence_transformers.models.Dense")],
+                     {"0_Transformer/model.safetensors": w, "1_Dense/config.json": {"out_features": 2},
+                      "1_Dense/model.safetensors": {"linear.weight": np.eye(2, dtype=np.float32)}})
+    state = read_state_dict(sub, kind="dense")  # the transformer in its subfolder, the Dense as the projection
+    assert sorted(state) == ["embeddings.word_embeddings.weight", "projection.weight"]
+    assert sorted(read_state_dict(sub, kind="colbert")) == ["embeddings.word_embeddings.weight", "linear.weight"]
