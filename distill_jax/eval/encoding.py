@@ -112,8 +112,8 @@ def encode_batches(apply: Callable[[Batch], np.ndarray], lengths: np.ndarray,
       lengths: int [N] framed token counts.
       frame: ``(rows [n], length) -> batch`` of int arrays [n, length] for those texts.
       max_length: the longest frame.
-      batch_size: rows per call, rounded up to a multiple of ``n_devices``; every call has exactly this many
-        rows (one compile per frame length).
+      batch_size: rows per call (at most the number of texts), rounded up to a multiple of ``n_devices``;
+        every call has exactly this many rows (one compile per frame length).
       multiple: frame-length rounding.
       n_devices: devices the batch is split over.
       desc: a tqdm progress-bar label (None: no bar).
@@ -123,7 +123,8 @@ def encode_batches(apply: Callable[[Batch], np.ndarray], lengths: np.ndarray,
     """
     from tqdm.auto import tqdm
 
-    batch_size = -(-batch_size // n_devices) * n_devices
+    # fewer texts than a batch (a single query): a smaller batch, not rows of padding
+    batch_size = -(-min(batch_size, max(len(lengths), 1)) // n_devices) * n_devices
     plan = buckets(lengths, batch_size, max_length, multiple)
     bar = tqdm(total=len(lengths), desc=desc, unit="text", disable=desc is None, mininterval=5)
     try:

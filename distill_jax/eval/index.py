@@ -194,6 +194,7 @@ class TokenStore:
         q = np.asarray(q, np.float32)
         q_mask = np.asarray(q_mask, np.int32)
         b = q.shape[0]
+        query_batch = min(query_batch, b)  # one query alone is not padded to a batch
         best_s, best_i = np.full((b, k), -np.inf, np.float32), np.full((b, k), -1, np.int64)
         plan = buckets(self.lengths, block_docs, max(int(self.lengths.max(initial=0)), 1), multiple)
         for rows, length in tqdm(plan, desc=desc, unit="block", disable=desc is None):

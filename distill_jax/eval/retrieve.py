@@ -416,10 +416,12 @@ class RetrievalReport:
 
 
 def _single_query_latency(fn: Callable[[list[str]], Any], texts: Sequence[str], n: int) -> float | None:
-    """Median milliseconds of ``fn([text])`` over ``n`` queries, after one warm-up call (compiles)."""
+    """Median milliseconds of ``fn([text])`` over ``n`` queries, each run once before as a warm-up (the compiles
+    of its shapes)."""
     if n <= 0 or not texts:
         return None
-    fn([texts[0]])
+    for t in list(texts)[:n]:
+        fn([t])
     times = []
     for t in list(texts)[:n]:
         start = time.perf_counter()
