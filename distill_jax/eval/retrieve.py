@@ -92,7 +92,8 @@ def load_model(path: str, kind: str | None = None, step: int | None = None, quer
         directory, its sentence-transformers ``max_seq_length`` when present, else 32/180 for ColBERT and
         256 for the others).
       options: model build options for a directory (``pooling``, ``normalize``, ``projection_dim`` for dense,
-        ``colbert=ColBERTConfig(...)``, ``chunk_size`` for SPLADE), over what the directory's layout says.
+        ``colbert=ColBERTConfig(...)``, ``chunk_size`` for SPLADE); ``load_pretrained`` takes the rest from the
+        directory's serving layout (Pooling / Dense / Normalize modules, PyLate settings).
     """
     if is_workdir(path):
         rm = _from_workdir(path, step)
@@ -136,8 +137,10 @@ def detect_kind(path: str) -> str:
     Raises:
       ValueError: the layout does not say (pass the kind explicitly).
     """
-    modules = _read_json(os.path.join(path, "modules.json"))
-    types = " ".join(str(m.get("type", "")) for m in modules) if isinstance(modules, list) else ""
+    from distill_jax.models.hf import read_modules
+
+    modules = read_modules(path) or []
+    types = " ".join(str(m["type"]) for m in modules)
     st = _read_json(os.path.join(path, "config_sentence_transformers.json"))
     model_type = str(st.get("model_type", ""))
     if "Splade" in types or "MLMTransformer" in types or model_type == "SparseEncoder":
@@ -157,24 +160,6 @@ def detect_kind(path: str) -> str:
                      f"architectures {arch or 'none'}); pass --kind colbert|splade|dense|cross_encoder")
 
 
-def sentence_transformers_options(path: str) -> dict[str, Any]:
-    """Dense build options a sentence-transformers directory states: Pooling mode, Normalize module."""
-    modules = _read_json(os.path.join(path, "modules.json"))
-    if not isinstance(modules, list):
-        return {}
-    out: dict[str, Any] = {"normalize": any(str(m.get("type", "")).endswith("Normalize") for m in modules)}
-    for m in modules:
-        if str(m.get("type", "")).endswith("Pooling"):
-            pool = _read_json(os.path.join(path, m.get("path", ""), "config.json"))
-            if pool.get("pooling_mode_cls_token"):
-                out["pooling"] = "cls"
-            elif pool.get("pooling_mode_mean_tokens"):
-                out["pooling"] = "mean"
-            else:
-                raise ValueError(f"{path}: pooling {pool} is neither cls nor mean, which distill-jax's dense "
-                                 "student implements")
-    return out
-
 
 def _from_directory(path: str, kind: str | None, **options) -> RetrievalModel:
     from distill_jax.models import load_pretrained
@@ -182,9 +167,7 @@ def _from_directory(path: str, kind: str | None, **options) -> RetrievalModel:
 
     path = resolve_checkpoint_dir(path)
     kind = kind or detect_kind(path)
-    if kind == "dense":
-        options = {**sentence_transformers_options(path), **options}
-    model, params = load_pretrained(kind, path, **options)
+    model, params = load_pretrained(kind, path, **options)  # pooling, projection, ColBERT settings as saved
     seq = _read_json(os.path.join(path, "sentence_bert_config.json")).get("max_seq_length")
     if kind == "colbert":
         lengths = (model.colbert.query_maxlen, model.colbert.doc_maxlen)
@@ -557,6 +540,5 @@ def rerank(rm: RetrievalModel, queries: Mapping[str, str], passages: Mapping[str
     return sort_run(scores)
 
 
-__all__ = ["RetrievalModel", "RetrievalReport", "load_model", "detect_kind", "sentence_transformers_options",
-           "is_workdir", "text_frames", "encode_corpus", "encode_queries", "search", "to_run",
+__all__ = ["RetrievalModel", "RetrievalReport", "load_model", "detect_kind", "is_workdir", "text_frames", "encode_corpus", "encode_queries", "search", "to_run",
            "retrieve", "rerank"]
