@@ -444,3 +444,19 @@ def _tiny_encoder(cfg):
     from distill_jax.train.state import encoder_config
 
     return encoder_config(cfg.model)
+
+
+@pytest.mark.parametrize("kind", ["colbert", "splade"])
+def test_saved_index_is_reused_only_for_the_same_build(corpus, colbert, splade, tmp_path, kind):
+    ids, texts, queries = corpus
+    rm = colbert if kind == "colbert" else splade
+    where = str(tmp_path / "index")
+    first, r1 = rt.retrieve(rm, ids, texts, queries, depth=5, latency_queries=0, index_dir=where, progress=False)
+    again, r2 = rt.retrieve(rm, ids, texts, queries, depth=5, latency_queries=0, index_dir=where, progress=False)
+    assert "index" not in r1.extra and "read from" in r2.extra["index"]
+    assert again == first and r2.index_bytes == r1.index_bytes
+    other = {"store_dtype": "int8"} if kind == "colbert" else {"splade_top_k": 7}
+    with pytest.raises(ValueError, match="built from something else"):
+        rt.retrieve(rm, ids, texts, queries, depth=5, latency_queries=0, index_dir=where, progress=False, **other)
+    with pytest.raises(ValueError, match="built from something else"):
+        rt.retrieve(rm, ids[:-1], texts[:-1], queries, depth=5, latency_queries=0, index_dir=where, progress=False)

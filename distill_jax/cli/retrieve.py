@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="dense: L2-normalise embeddings (default: as the directory's modules say)")
     p.add_argument("--colbert-dim", type=int, default=None, help="ColBERT projection size of a directory "
                    "without one (a fresh projection)")
+    p.add_argument("--index", default=None, metavar="DIR", help="read the corpus index from DIR if it was built "
+                   "from this model, corpus and settings (ColBERT: memory-mapped); else build it and save it there")
     p.add_argument("--latency-queries", type=int, default=10, help="queries timed one at a time (0: skip)")
     p.add_argument("--report", default=None, metavar="REPORT.json", help="write the cost figures as JSON")
     p.add_argument("--tag", default=None, help="the TREC run's tag column (default: the model kind)")
@@ -115,7 +117,7 @@ def main(argv: list[str]) -> int:
             ivf["n_lists"] = args.ivf_lists
     doc_ids, texts = collection.passages()
     run, report = rt.retrieve(rm, doc_ids, texts, collection.queries, args.depth, args.batch_size, args.store,
-                              args.splade_top_k, args.query_top_k, ivf, args.latency_queries)
+                              args.splade_top_k, args.query_top_k, ivf, args.latency_queries, args.index)
     write_trec_run(args.out, run, tag)
     print(report.describe())
     print(f"top {args.depth} of {len(run)} {args.split} queries -> {args.out}")

@@ -251,7 +251,7 @@ class TokenStore:
         """Reads a saved store; ``mmap=True`` maps the vectors from disk instead of reading them (large corpora)."""
         if not os.path.isfile(os.path.join(directory, "store.json")):
             raise FileNotFoundError(f"{directory} holds no token store (store.json); write one with "
-                                    "TokenStore.save or `distill-jax retrieve --save-index`")
+                                    "TokenStore.save or `distill-jax retrieve --index DIR`")
         mode = "r" if mmap else None
         vectors = np.load(os.path.join(directory, "vectors.npy"), mmap_mode=mode)
         offsets = np.load(os.path.join(directory, "offsets.npy"))
@@ -461,5 +461,52 @@ class DenseIndex:
         return (self.vectors[np.asarray(rows, np.int64)] @ np.asarray(q, np.float32)).astype(np.float32)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Any index on disk
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def save_index(index, directory: str, meta: dict) -> str:
+    """Writes a :class:`TokenStore`, :class:`SparseIndex` or :class:`DenseIndex` into ``directory`` with
+    ``index.json`` = ``{"type": ..., **meta}`` (``meta`` says what it was built from: model, corpus, settings)."""
+    import scipy.sparse as sp
+
+    os.makedirs(directory, exist_ok=True)
+    if isinstance(index, TokenStore):
+        index.save(directory)
+    elif isinstance(index, SparseIndex):
+        sp.save_npz(os.path.join(directory, "docs.npz"), index.docs)
+    elif isinstance(index, DenseIndex):
+        np.save(os.path.join(directory, "vectors.npy"), index.vectors)
+    else:
+        raise TypeError(f"cannot save a {type(index).__name__}")
+    with open(os.path.join(directory, "index.json"), "w") as f:
+        json.dump({"type": type(index).__name__, **meta}, f, indent=2)
+    return directory
+
+
+def load_index(directory: str) -> tuple[object, dict]:
+    """Reads what :func:`save_index` wrote: (the index, its meta). A token store is memory-mapped.
+
+    Raises:
+      FileNotFoundError: ``directory`` holds no ``index.json``.
+    """
+    import scipy.sparse as sp
+
+    file = os.path.join(directory, "index.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{directory} holds no saved index (index.json)")
+    with open(file) as f:
+        meta = json.load(f)
+    kind = meta.pop("type")
+    if kind == "TokenStore":
+        return TokenStore.load(directory), meta
+    if kind == "SparseIndex":
+        return SparseIndex(sp.load_npz(os.path.join(directory, "docs.npz"))), meta
+    if kind == "DenseIndex":
+        return DenseIndex(np.load(os.path.join(directory, "vectors.npy"))), meta
+    raise ValueError(f"{file}: unknown index type {kind!r}")
+
+
 __all__ = ["TokenStore", "IVFCandidates", "SparseIndex", "DenseIndex", "top_k", "merge_top_k", "quantize_int8",
-           "sparse_rows", "mean_nnz", "sparse_flops", "STORE_DTYPES"]
+           "sparse_rows", "mean_nnz", "sparse_flops", "save_index", "load_index", "STORE_DTYPES"]

@@ -416,7 +416,7 @@ def _single_query_latency(fn: Callable[[list[str]], Any], texts: Sequence[str], 
 def retrieve(rm: RetrievalModel, doc_ids: Sequence[str], doc_texts: Sequence[str], queries: Mapping[str, str],
              depth: int = 1000, batch_size: int = 32, store_dtype: str = "float16", splade_top_k: int = 0,
              query_top_k: int = 0, ivf: dict | None = None, latency_queries: int = 10,
-             progress: bool = True) -> tuple[Run, RetrievalReport]:
+             index_dir: str | None = None, progress: bool = True) -> tuple[Run, RetrievalReport]:
     """Encodes the corpus once, then retrieves the top ``depth`` documents of every query.
 
     Args:
@@ -430,6 +430,8 @@ def retrieve(rm: RetrievalModel, doc_ids: Sequence[str], doc_texts: Sequence[str
       ivf: ColBERT only: ``{"n_candidates": ..., "k_tokens": ..., "nprobe": ..., "n_lists": ...}`` to take
         candidates from a faiss IVF index and score them by exact MaxSim, instead of the exhaustive scan.
       latency_queries: measure one-query-at-a-time latency on this many queries (0: skip).
+      index_dir: read the corpus index from this directory when it holds one built from the same model, corpus
+        and settings (a token store is memory-mapped); otherwise build it and write it there.
 
     Returns:
       (the run, best first with ties by doc id; the :class:`RetrievalReport`).
@@ -438,9 +440,16 @@ def retrieve(rm: RetrievalModel, doc_ids: Sequence[str], doc_texts: Sequence[str
     q_texts = [queries[q] for q in qids]
     apply = ShardedApply(rm.model, rm.params)
     report = RetrievalReport(rm.kind, rm.source, len(doc_ids), len(qids), rm.doc_maxlen, rm.query_maxlen)
+    built_from = index_meta(rm, doc_ids, store_dtype, splade_top_k)
+    index = _saved_index(index_dir, built_from) if index_dir else None
     with Timer() as t:
-        index = encode_corpus(rm, doc_texts, batch_size, store_dtype, splade_top_k, apply,
-                              "encode corpus" if progress else None)
+        if index is None:
+            index = encode_corpus(rm, doc_texts, batch_size, store_dtype, splade_top_k, apply,
+                                  "encode corpus" if progress else None)
+            if index_dir:
+                ix.save_index(index, index_dir, built_from)
+        else:
+            report.extra["index"] = f"read from {index_dir} (encode_seconds is the load time)"
     report.encode_seconds = t.seconds
     report.index_bytes = index.nbytes
     candidates = None
@@ -471,6 +480,32 @@ def retrieve(rm: RetrievalModel, doc_ids: Sequence[str], doc_texts: Sequence[str
         report.mean_query_nnz, report.mean_doc_nnz = ix.mean_nnz(q_reps), ix.mean_nnz(index.docs)
         report.flops = ix.sparse_flops(q_reps, index.docs)
     return to_run(qids, doc_ids, scores, rows, depth), report
+
+
+def index_meta(rm: RetrievalModel, doc_ids: Sequence[str], store_dtype: str, splade_top_k: int) -> dict:
+    """What a corpus index is built from: the model, its document length, the corpus ids and the settings."""
+    import hashlib
+
+    ids = hashlib.sha256("\n".join(doc_ids).encode("utf-8")).hexdigest()
+    return {"kind": rm.kind, "model": rm.source, "doc_maxlen": rm.doc_maxlen, "n_docs": len(doc_ids),
+            "doc_ids_sha256": ids, "store_dtype": store_dtype if rm.kind == "colbert" else None,
+            "splade_top_k": splade_top_k if rm.kind == "splade" else None}
+
+
+def _saved_index(directory: str, built_from: dict):
+    """The index saved in ``directory`` if it was built from ``built_from``; None when there is none.
+
+    Raises:
+      ValueError: it was built from something else (naming the differences).
+    """
+    if not os.path.isfile(os.path.join(directory, "index.json")):
+        return None
+    index, meta = ix.load_index(directory)
+    diff = {k: (meta.get(k), v) for k, v in built_from.items() if meta.get(k) != v}
+    if diff:
+        raise ValueError(f"the index in {directory} was built from something else ({diff}: saved vs now); "
+                         "pass another --index directory or remove this one")
+    return index
 
 
 def _ivf_search(store: ix.TokenStore, ivf: ix.IVFCandidates, reps, k: int, n_candidates: int = 1000,
@@ -540,5 +575,5 @@ def rerank(rm: RetrievalModel, queries: Mapping[str, str], passages: Mapping[str
     return sort_run(scores)
 
 
-__all__ = ["RetrievalModel", "RetrievalReport", "load_model", "detect_kind", "is_workdir", "text_frames", "encode_corpus", "encode_queries", "search", "to_run",
+__all__ = ["RetrievalModel", "RetrievalReport", "load_model", "detect_kind", "is_workdir", "text_frames", "index_meta", "encode_corpus", "encode_queries", "search", "to_run",
            "retrieve", "rerank"]
