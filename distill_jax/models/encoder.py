@@ -200,6 +200,22 @@ class Embeddings(nn.Module):
         return self.word_embeddings.attend(x)
 
 
+def explicit_attention(q: Array, k: Array, v: Array, bias: Array, dropout=lambda p: p) -> Array:
+    """Softmax attention with the probabilities in hand (for dropout), HF BERT's order of operations.
+
+    Args:
+      q, k, v: [B, L, heads, head_dim] in the compute dtype.
+      bias: [B, 1, 1, L] additive mask (float32).
+      dropout: applied to the [B, heads, L, L] probabilities.
+
+    Returns:
+      [B, L, heads, head_dim] context.
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1]) + bias
+    probs = dropout(jax.nn.softmax(logits, axis=-1).astype(q.dtype))
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
 class SelfAttention(nn.Module):
     cfg: EncoderConfig
     dtype: Any = jnp.float32
@@ -215,10 +231,15 @@ class SelfAttention(nn.Module):
             return y.reshape(*y.shape[:-1], c.num_heads, head_dim)  # [B, L, nh, hd]
 
         q, k, v = heads("query"), heads("key"), heads("value")
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(head_dim) + bias
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        probs = nn.Dropout(c.attention_dropout)(probs, deterministic=deterministic)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(x.shape)
+        if deterministic:
+            # Same math (bit-identical hidden states on XLA:CPU in float32); measured 10-15% faster forward on
+            # this CPU (encoder at [32, 180] and [64, 180]); on GPU the place a fused kernel can go.
+            ctx = jax.nn.dot_product_attention(q, k, v, bias=bias)
+        else:
+            # Training: dropout acts on the probabilities, which dot_product_attention never exposes.
+            dropout = nn.Dropout(c.attention_dropout)
+            ctx = explicit_attention(q, k, v, bias, lambda p: dropout(p, deterministic=False))
+        ctx = ctx.reshape(x.shape)
         out = dense(c.hidden_size, ("heads", "embed"), self.dtype, "output_dense")(ctx)
         out = nn.Dropout(c.hidden_dropout)(out, deterministic=deterministic)
         return layer_norm(c, self.dtype, "output_LayerNorm")(out + x)
