@@ -42,7 +42,10 @@ class ModelConfig:
         randomly initialised encoder (ignored when ``checkpoint`` is set).
       dropout: hidden and attention dropout for a random encoder (a checkpoint brings its own).
       colbert_dim: ColBERT projection size.
-      splade_chunk_size: SPLADE pools the vocabulary projection over chunks of this many positions (0 = at once).
+      splade_chunk_size: SPLADE pools the vocabulary projection over blocks of this many positions (0 = the
+        head's default: 16 for the argmax head, all at once for the plain one).
+      splade_argmax_head: SPLADE's max-pool through the custom-VJP head (a gather/scatter backward at the argmax
+        positions, ``distill_jax.models.splade_head``) instead of plain autodiff (False).
       splade_head_z, splade_head_scale: the lexical MLM head set when the checkpoint has none
         (``distill_jax.models.splade.lexical_mlm_head``): higher z = fewer active terms at the start; the scale
         multiplies every term weight (dot products scale with its square).
@@ -64,6 +67,7 @@ class ModelConfig:
     dropout: float = 0.1
     colbert_dim: int = 128
     splade_chunk_size: int = 0
+    splade_argmax_head: bool = True
     splade_head_z: float = 3.0
     splade_head_scale: float = 0.2
     dense_pooling: str = "mean"

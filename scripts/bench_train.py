@@ -80,15 +80,14 @@ def bench(kind: str, args) -> dict:
                        reg_warmup_steps=100))
     cfg = TrainConfig(
         name=f"bench_{kind}", steps=1000,
-        model=ModelConfig(kind=kind, dtype=args.dtype, remat=args.remat, splade_chunk_size=args.splade_chunk, **MINILM),
+        model=ModelConfig(kind=kind, dtype=args.dtype, remat=args.remat, splade_chunk_size=args.splade_chunk,
+                          splade_argmax_head=args.splade_head == "argmax", **MINILM),
         loss=loss, optim=OptimConfig(learning_rate=1e-5, warmup_steps=10),
         data=DataConfig(source="synthetic", batch_size=args.batch, n_candidates=args.candidates,
                         query_maxlen=args.query_len, doc_maxlen=ld))
     mesh = distributed.make_mesh()
     distributed.check_batch_divisibility(cfg.data.batch_size, mesh)
     model, _, _ = state_lib.make_model(cfg)
-    if kind == "splade":  # the head is a model option, not (yet) a config field
-        model = model.clone(argmax_head=args.splade_head == "argmax")
     tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
     state, shardings = state_lib.create_state(model, tx, mesh, 0)
     step = compile_train_step(model, cfg, tx, mesh, shardings)

@@ -148,7 +148,8 @@ def _init(axes: tuple[str | None, ...], std: float = 0.02):
     return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
 
 
-def _zeros(axes):
+def zeros_init(axes):
+    """A zeros initialiser carrying logical axis names (for heads built outside this module)."""
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
@@ -160,7 +161,7 @@ def layer_norm(cfg: EncoderConfig, dtype, name: str) -> nn.LayerNorm:
     """LayerNorm in the HF layout (``scale``/``bias`` over the hidden axis), statistics in float32."""
     return nn.LayerNorm(
         epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32, name=name,
-        scale_init=_ones(("embed",)), bias_init=_zeros(("embed",)),
+        scale_init=_ones(("embed",)), bias_init=zeros_init(("embed",)),
     )
 
 
@@ -168,7 +169,7 @@ def dense(features: int, axes: tuple[str | None, str | None], dtype, name: str, 
     """A Dense layer whose kernel [in, out] and bias [out] carry logical axis names."""
     return nn.Dense(
         features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
-        kernel_init=_init(axes), bias_init=_zeros((axes[1],)),
+        kernel_init=_init(axes), bias_init=zeros_init((axes[1],)),
     )
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill_jax.models import splade_head
-from distill_jax.models.encoder import ACTIVATIONS, Encoder, EncoderConfig, _zeros, dense, layer_norm
+from distill_jax.models.encoder import ACTIVATIONS, Encoder, EncoderConfig, dense, layer_norm, zeros_init
 
 
 def splade_pool(logits: jax.Array, mask: jax.Array) -> jax.Array:
@@ -106,7 +106,7 @@ class Splade(nn.Module):
         self.encoder = Encoder(c, self.dtype, self.remat)
         self.transform_dense = dense(c.hidden_size, ("embed", "embed_out"), self.dtype, "transform_dense")
         self.transform_LayerNorm = layer_norm(c, self.dtype, "transform_LayerNorm")
-        self.bias = self.param("bias", _zeros(("vocab",)), (c.vocab_size,), jnp.float32)
+        self.bias = self.param("bias", zeros_init(("vocab",)), (c.vocab_size,), jnp.float32)
 
     def transform(self, h: jax.Array) -> jax.Array:
         """[..., H] hidden states -> [..., H] the MLM transform (dense, activation, LayerNorm)."""
