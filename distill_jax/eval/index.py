@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -171,19 +172,35 @@ class TokenStore:
 
     # -- exhaustive MaxSim ---------------------------------------------------------------------------------
 
-    def search(self, q: np.ndarray, q_mask: np.ndarray, k: int, block_docs: int = 2048, query_batch: int = 32,
-               chunk_size: int = 64, multiple: int = 16, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def blocks(self, block_docs: int = 2048, multiple: int = 16) -> list[tuple[np.ndarray, jax.Array, jax.Array]]:
+        """The store as padded device arrays, for many searches: blocks of ``block_docs`` documents sorted by
+        length, each padded to its own longest document (rounded up to ``multiple``).
+
+        They take about the store's memory again (plus the padding inside each block), so they suit corpora that
+        fit in (device) memory; :meth:`search` without them pads one block at a time.
+
+        Returns:
+          ``[(rows int64 [n], vectors float16 [n, Ld, D], mask int32 [n, Ld])]``.
+        """
+        return [(rows, *(jnp.asarray(x) for x in self.padded(rows, length)))
+                for rows, length in buckets(self.lengths, block_docs, max(int(self.lengths.max(initial=0)), 1),
+                                            multiple)]
+
+    def search(self, q: np.ndarray, q_mask: np.ndarray, k: int, blocks: list | None = None, block_docs: int = 2048,
+               query_batch: int = 32, chunk_size: int = 64, multiple: int = 16,
+               desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exhaustive MaxSim top-``k`` of every query over the whole store.
 
         Documents are scanned in blocks of ``block_docs`` sorted by length, each padded to its own longest
         document (rounded up to ``multiple``); each block goes through :func:`scoring.maxsim_corpus` (chunks of
         ``chunk_size`` documents), and the blocks' top-k lists are merged. Working memory is one padded block
-        plus ``query_batch * chunk_size * Lq * Ld`` float32 similarities.
+        (or the prepared ``blocks``) plus ``query_batch * chunk_size * Lq * Ld`` float32 similarities.
 
         Args:
           q: [B, Lq, D] query token vectors.
           q_mask: [B, Lq] 1 on scored query tokens.
           k: documents per query (clipped to the corpus size).
+          blocks: :meth:`blocks` prepared once (None: padded here, one at a time).
 
         Returns:
           (scores [B, k] float32, rows [B, k] int64), best first.
@@ -196,9 +213,13 @@ class TokenStore:
         b = q.shape[0]
         query_batch = min(query_batch, b)  # one query alone is not padded to a batch
         best_s, best_i = np.full((b, k), -np.inf, np.float32), np.full((b, k), -1, np.int64)
-        plan = buckets(self.lengths, block_docs, max(int(self.lengths.max(initial=0)), 1), multiple)
-        for rows, length in tqdm(plan, desc=desc, unit="block", disable=desc is None):
-            d, m = (jnp.asarray(x) for x in self.padded(rows, length))
+        if blocks is None:
+            plan = buckets(self.lengths, block_docs, max(int(self.lengths.max(initial=0)), 1), multiple)
+            blocks = ((rows, *(jnp.asarray(x) for x in self.padded(rows, length))) for rows, length in plan)
+            n_blocks = len(plan)
+        else:
+            n_blocks = len(blocks)
+        for rows, d, m in tqdm(blocks, desc=desc, unit="block", total=n_blocks, disable=desc is None):
             kb = min(k, len(rows))
             for start in range(0, b, query_batch):
                 qb, mb = _pad_queries(q[start:start + query_batch], q_mask[start:start + query_batch], query_batch)

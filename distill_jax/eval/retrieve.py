@@ -192,9 +192,10 @@ def _subset(body: tk.Bodies, rows: np.ndarray) -> tk.Bodies:
     return tk.Bodies(body.ids[rows], body.lengths[rows])
 
 
-def text_frames(rm: RetrievalModel, texts: Sequence[str], side: str
+def text_frames(rm: RetrievalModel, texts: Sequence[str], side: str, warn: bool = True
                 ) -> tuple[np.ndarray, Callable[[np.ndarray, int], dict], int]:
-    """How ``texts`` are framed for ``side`` ("query" or "doc") of ``rm``'s kind.
+    """How ``texts`` are framed for ``side`` ("query" or "doc") of ``rm``'s kind (``warn``: log truncated
+    ColBERT queries).
 
     Returns:
       (framed lengths int [N] with special tokens, ``frame(rows, length) -> batch``, the longest frame).
@@ -207,7 +208,7 @@ def text_frames(rm: RetrievalModel, texts: Sequence[str], side: str
         body = tk.tokenize_bodies(rm.tokenizer, texts, maxlen - 3)
         if side == "query":
             n_cut = tk.colbert_truncated(body, maxlen)
-            if n_cut:
+            if n_cut and warn:
                 log.warning("%d of %d queries have more than %d tokens and were truncated (query_maxlen=%d)",
                             n_cut, len(texts), maxlen - 3, maxlen)
             # [MASK] expansion: every query is framed to query_maxlen
@@ -282,8 +283,8 @@ def _gather_sparse(batches, n: int, top_k: int):
 
 
 def encode_queries(rm: RetrievalModel, texts: Sequence[str], batch_size: int = 32, splade_top_k: int = 0,
-                   apply: ShardedApply | None = None, desc: str | None = None):
-    """Encodes queries for the kind's ``search``.
+                   apply: ShardedApply | None = None, desc: str | None = None, warn: bool = True):
+    """Encodes queries for the kind's ``search`` (``warn``: log how many ColBERT queries were truncated).
 
     Returns:
       ColBERT: (token vectors [B, Lq, D] float32, score mask [B, Lq] int32); SPLADE: CSR [B, V] (pruned to
@@ -291,7 +292,7 @@ def encode_queries(rm: RetrievalModel, texts: Sequence[str], batch_size: int = 3
     """
     if rm.kind == "cross_encoder":
         raise ValueError("a cross-encoder does not encode queries alone; use rerank()")
-    batches = _encode(rm, apply, text_frames(rm, texts, "query"), batch_size, desc)
+    batches = _encode(rm, apply, text_frames(rm, texts, "query", warn), batch_size, desc)
     if rm.kind == "splade":
         return _gather_sparse(batches, len(texts), splade_top_k)
     out_v, out_m = None, None
@@ -312,14 +313,18 @@ def encode_queries(rm: RetrievalModel, texts: Sequence[str], batch_size: int = 3
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def search(index, queries, k: int, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search(index, queries, k: int, desc: str | None = None, blocks: list | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of every query in ``index`` (what :func:`encode_corpus` / :func:`encode_queries` made).
+
+    Args:
+      blocks: a token store's :meth:`~distill_jax.eval.index.TokenStore.blocks`, prepared once for many searches.
 
     Returns:
       (scores [B, k] float32, rows [B, k] int64).
     """
     if isinstance(index, ix.TokenStore):
-        return index.search(queries[0], queries[1], k, desc=desc)
+        return index.search(queries[0], queries[1], k, blocks=blocks, desc=desc)
     return index.search(queries, k)
 
 
@@ -450,6 +455,8 @@ def retrieve(rm: RetrievalModel, doc_ids: Sequence[str], doc_texts: Sequence[str
                 ix.save_index(index, index_dir, built_from)
         else:
             report.extra["index"] = f"read from {index_dir} (encode_seconds is the load time)"
+        # exhaustive ColBERT: pad the store into device blocks once for all searches (corpora that fit)
+        blocks = index.blocks() if isinstance(index, ix.TokenStore) and ivf is None else None
     report.encode_seconds = t.seconds
     report.index_bytes = index.nbytes
     candidates = None
@@ -464,14 +471,14 @@ def retrieve(rm: RetrievalModel, doc_ids: Sequence[str], doc_texts: Sequence[str
         report.extra["IVF"] = (f"{candidates.n_lists} lists over {index.n_tokens} tokens, built in "
                                f"{t.seconds:.1f} s, ~{candidates.nbytes / 2**20:.1f} MiB; {ivf}")
 
-    def run_queries(texts: list[str], desc: str | None = None):
-        reps = encode_queries(rm, texts, batch_size, query_top_k, apply)
+    def run_queries(texts: list[str], desc: str | None = None, warn: bool = False):
+        reps = encode_queries(rm, texts, batch_size, query_top_k, apply, warn=warn)
         if candidates is None:
-            return reps, search(index, reps, depth, desc)
+            return reps, search(index, reps, depth, desc, blocks)
         return reps, _ivf_search(index, candidates, reps, depth, **ivf)
 
     with Timer() as t:
-        q_reps, (scores, rows) = run_queries(q_texts, "search" if progress else None)
+        q_reps, (scores, rows) = run_queries(q_texts, "search" if progress else None, warn=True)
     report.query_seconds = t.seconds
     report.latency_ms = _single_query_latency(run_queries, q_texts, latency_queries)
     if isinstance(index, ix.TokenStore):
