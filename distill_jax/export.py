@@ -1,14 +1,19 @@
 """Export a training run for serving: the directory layout of the library each model kind is served with.
 
-    distill-jax export runs/colbert --out exports/colbert                        # native layout (default)
-    distill-jax export runs/splade --out exports/splade-hf --format transformers  # plain Hugging Face directory
+    distill-jax export runs/colbert --out exports/colbert                         # native layout (default)
+    distill-jax export runs/splade --out exports/splade-hf --format transformers  # a plain HF directory
 
-| kind | ``native`` layout | loads with |
-| --- | --- | --- |
-| colbert | PyLate ColBERT: Transformer (root) + ``1_Dense`` (projection) + ``config_sentence_transformers.json`` (markers as prefixes, lengths, [MASK] expansion, skiplist) | ``pylate.models.ColBERT(model_name_or_path=DIR)`` |
-| splade | sentence-transformers SparseEncoder: MLMTransformer (root, ``BertForMaskedLM``) + ``1_SpladePooling`` (max, relu) | ``SparseEncoder(DIR)`` |
-| cross_encoder | sentence-transformers CrossEncoder: ``BertForSequenceClassification``, ``num_labels=1``, the activation in ``config.json`` | ``CrossEncoder(DIR)`` |
-| dense | SentenceTransformer: Transformer + ``1_Pooling`` (cls / mean) [+ ``2_Dense`` projection] [+ Normalize] | ``SentenceTransformer(DIR)`` |
+``native`` layouts (docs/serving.md lists every file):
+
+- colbert: a PyLate ColBERT, loaded by ``pylate.models.ColBERT(model_name_or_path=DIR)``. Transformer at the
+  root, ``1_Dense`` (the projection), and ``config_sentence_transformers.json`` (markers as prefixes, lengths,
+  [MASK] expansion, skiplist).
+- splade: a sentence-transformers ``SparseEncoder(DIR)``: MLMTransformer (``BertForMaskedLM``) +
+  ``1_SpladePooling`` (max, relu).
+- cross_encoder: a sentence-transformers ``CrossEncoder(DIR)``: ``BertForSequenceClassification``,
+  ``num_labels=1``, with the score activation in ``config.json``.
+- dense: a ``SentenceTransformer(DIR)``: Transformer + ``1_Pooling`` (cls / mean) [+ ``2_Dense`` projection]
+  [+ Normalize].
 
 ``transformers``: the encoder (+ head) as a plain ``transformers`` directory (``BertModel``, ``BertForMaskedLM``,
 ``BertForSequenceClassification``; ColBERT's projection as ``linear.weight``, the dense projection as
@@ -17,7 +22,8 @@
 Every directory holds safetensors only, the tokenizer files, and ``distill_jax_export.json`` (kind, format, step,
 source work directory, the files written). Export writes into a fresh hidden sibling directory and moves it into
 place. It never deletes what it did not write: an existing ``--out`` is replaced only when it is empty or an
-earlier export whose marker lists every file in it, and ``--out`` inside (or holding) the work directory is refused.
+earlier export whose marker lists every file in it, and ``--out`` inside (or holding) the work directory is
+refused.
 ``distill_jax.models.load_pretrained`` reads every one of these directories back, bit for bit.
 """
 
@@ -83,12 +89,14 @@ class ServingSpec:
 
 
 def serving_spec(cfg) -> ServingSpec:
-    """The :class:`ServingSpec` of a run's ``TrainConfig`` (model options as :mod:`distill_jax.kinds` builds them)."""
+    """The :class:`ServingSpec` of a run's ``TrainConfig`` (model options as :mod:`distill_jax.kinds` builds
+    them)."""
     from distill_jax import kinds
 
     m, d = cfg.model, cfg.data
     options = kinds.get(m.kind).model_options(m, d)
-    return ServingSpec(kind=m.kind, query_maxlen=d.query_maxlen, doc_maxlen=d.doc_maxlen, pair_maxlen=d.pair_maxlen,
+    return ServingSpec(kind=m.kind, query_maxlen=d.query_maxlen, doc_maxlen=d.doc_maxlen,
+                       pair_maxlen=d.pair_maxlen,
                        colbert=options.get("colbert"), pooling=options.get("pooling", "mean"),
                        projection_dim=int(options.get("projection_dim", 0) or 0),
                        normalize=bool(options.get("normalize", False)),
@@ -128,6 +136,7 @@ def export_run(workdir: str, out_dir: str, fmt: str = "native", step: int | None
     params, step, cfg = restore(workdir, step)
     base = resolve_checkpoint_dir(cfg.model.checkpoint) if cfg.model.checkpoint else None
     enc = EncoderConfig.from_pretrained_dir(transformer_dir(base)) if base else encoder_config(cfg.model)
+    check_geometry(enc, params, source=f"{workdir} step {step}")
     tok = tokenizer or (resolve_checkpoint_dir(cfg.data.tokenizer) if cfg.data.tokenizer else base)
     provenance = {"step": step, "workdir": os.path.abspath(workdir), "run": cfg.name}
     if fmt == "native":
@@ -137,6 +146,17 @@ def export_run(workdir: str, out_dir: str, fmt: str = "native", step: int | None
         save_pretrained(cfg.model.kind, enc, params, out_dir, tokenizer_dir=tok,
                         activation=serving_spec(cfg).activation, provenance=provenance, workdir=workdir)
     return out_dir, step
+
+
+def check_geometry(enc: EncoderConfig, params: dict[str, Any], source: str) -> None:
+    """Refuses params whose encoder is not the geometry ``enc`` describes (the base checkpoint's config.json
+    changed since the run, or a wrong ``--tokenizer`` / base): the written config.json would not load them."""
+    emb = np.shape(params["encoder"]["embeddings"]["word_embeddings"]["embedding"])
+    layers = sum(1 for k in params["encoder"] if k.startswith("layer_"))
+    if emb != (enc.vocab_size, enc.hidden_size) or layers != enc.num_layers:
+        raise ValueError(f"{source}: the checkpoint's encoder has word embeddings {emb} and {layers} layers, "
+                         f"but its base config says ({enc.vocab_size}, {enc.hidden_size}) and {enc.num_layers} "
+                         "layers; restore the run's base checkpoint (model.checkpoint) as it was when it trained")
 
 
 def save_native(spec: ServingSpec, enc: EncoderConfig, params: dict[str, Any], out_dir: str, tokenizer_dir: str,
@@ -223,8 +243,8 @@ def _write_colbert(d: str, spec: ServingSpec, enc: EncoderConfig, params: dict, 
     c = spec.colbert or ColBERTConfig(query_maxlen=spec.query_maxlen, doc_maxlen=spec.doc_maxlen)
     for marker in (c.query_marker, c.doc_marker):
         if marker not in vocab:
-            raise ValueError(f"ColBERT marker {marker!r} is not a token of the tokenizer; PyLate would add it as a "
-                             "new token with an untrained embedding: export with the run's tokenizer")
+            raise ValueError(f"ColBERT marker {marker!r} is not a token of the tokenizer; PyLate would add it as "
+                             "a new token with an untrained embedding: export with the run's tokenizer")
     state = export_state_dict("colbert", enc, params, prefix="")
     linear = state.pop("linear.weight")  # [D, H]
     _write_transformer(d, enc, state | pooler, "colbert", c.doc_maxlen)
@@ -254,7 +274,8 @@ def _write_sparse_encoder(d: str, spec: ServingSpec, enc: EncoderConfig, params:
     _write_modules(d, [("", "sentence_transformers.sparse_encoder.models.MLMTransformer"),
                        ("1_SpladePooling", "sentence_transformers.sparse_encoder.models.SpladePooling")])
     _write_json(os.path.join(d, "1_SpladePooling", "config.json"),
-                {"pooling_strategy": "max", "activation_function": "relu", "word_embedding_dimension": enc.vocab_size})
+                {"pooling_strategy": "max", "activation_function": "relu",
+                 "word_embedding_dimension": enc.vocab_size})
     _write_json(os.path.join(d, "config_sentence_transformers.json"), {
         "model_type": "SparseEncoder", "__version__": _versions(), "prompts": {"query": "", "document": ""},
         "default_prompt_name": None, "similarity_fn_name": "dot"})
@@ -266,8 +287,8 @@ def _write_cross_encoder(d: str, spec: ServingSpec, enc: EncoderConfig, params: 
     whose ``config.json`` names the score activation; its max length is the tokenizer's ``model_max_length``."""
     state = export_state_dict("cross_encoder", enc, params, prefix="bert.")
     _save_safetensors(os.path.join(d, "model.safetensors"), state)
-    _write_json(os.path.join(d, "config.json"), enc.to_hf_dict() | {"architectures": [ARCHITECTURES["cross_encoder"]]}
-                | _classifier_config(spec.activation))
+    hf = enc.to_hf_dict() | {"architectures": [ARCHITECTURES["cross_encoder"]]}
+    _write_json(os.path.join(d, "config.json"), hf | _classifier_config(spec.activation))
 
 
 def _write_sentence_transformer(d: str, spec: ServingSpec, enc: EncoderConfig, params: dict, vocab: dict,
@@ -276,7 +297,8 @@ def _write_sentence_transformer(d: str, spec: ServingSpec, enc: EncoderConfig, p
     state = export_state_dict("dense", enc, params, prefix="", projection=bool(spec.projection_dim))
     projection = state.pop("projection.weight", None)  # [P, H]
     _write_transformer(d, enc, state | pooler, "dense", spec.doc_maxlen)
-    modules = [("", "sentence_transformers.models.Transformer"), ("1_Pooling", "sentence_transformers.models.Pooling")]
+    modules = [("", "sentence_transformers.models.Transformer"),
+               ("1_Pooling", "sentence_transformers.models.Pooling")]
     _write_json(os.path.join(d, "1_Pooling", "config.json"), {
         "word_embedding_dimension": enc.hidden_size,
         "pooling_mode_cls_token": spec.pooling == "cls",
@@ -451,9 +473,9 @@ def check_out_dir(out_dir: str, workdir: str | None = None) -> None:
     if workdir is not None:
         work = os.path.realpath(workdir)
         if out == work or out.startswith(work + os.sep):
-            raise ExportRefused(f"--out {out_dir} is inside the work directory {workdir}: export replaces its output "
-                                "directory, which could delete the run's checkpoints; choose a directory outside "
-                                f"it (e.g. {work.rstrip(os.sep)}-export)")
+            raise ExportRefused(f"--out {out_dir} is inside the work directory {workdir}: export replaces its "
+                                "output directory, which could delete the run's checkpoints; choose a directory "
+                                f"outside it (e.g. {work.rstrip(os.sep)}-export)")
         if work.startswith(out + os.sep):
             raise ExportRefused(f"--out {out_dir} holds the work directory {workdir}; choose a new directory for "
                                 "the export")
@@ -466,15 +488,15 @@ def check_out_dir(out_dir: str, workdir: str | None = None) -> None:
         return
     marker = os.path.join(out_dir, MARKER)
     if not os.path.isfile(marker):
-        raise ExportRefused(f"--out {out_dir} exists and holds files distill-jax export did not write (no {MARKER}; "
-                            f"e.g. {present[0]}); export never deletes them: pass a new or empty directory, or "
-                            "remove that one yourself")
+        raise ExportRefused(f"--out {out_dir} exists and holds files distill-jax export did not write (no "
+                            f"{MARKER}; e.g. {present[0]}); export never deletes them: pass a new or empty "
+                            "directory, or remove that one yourself")
     try:
         with open(marker) as f:
             listed = set(json.load(f)["files"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ExportRefused(f"{marker} is unreadable ({type(e).__name__}: {e}); export will not replace {out_dir}: "
-                            "pass a new directory, or remove that one yourself") from e
+        raise ExportRefused(f"{marker} is unreadable ({type(e).__name__}: {e}); export will not replace "
+                            f"{out_dir}: pass a new directory, or remove that one yourself") from e
     foreign = [p for p in present if p != MARKER and p not in listed]
     if foreign:
         raise ExportRefused(f"--out {out_dir} is an earlier export but also holds files it did not write "

@@ -21,7 +21,9 @@ def main(argv: list[str]) -> int:
     """``argv``: the arguments after ``export``. Returns the exit code (2: refused or bad input)."""
     from distill_jax.export import FORMATS, ExportRefused, export_run
 
-    p = argparse.ArgumentParser(prog="distill-jax export", description=__doc__.split("\n\n")[0], epilog=_LAYOUTS,
+    p = argparse.ArgumentParser(prog="distill-jax export", epilog=_LAYOUTS,
+                                description="Export a training run's checkpoint as a directory that PyLate / "
+                                            "sentence-transformers (native) or transformers load.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workdir", help="a training run's work directory (checkpoints/ inside)")
     p.add_argument("--out", required=True, help="output directory (new, empty, or an earlier export)")
