@@ -157,6 +157,9 @@ class DataConfig:
       teacher_column: the column for "column".
       bad_records: "raise" (stop at the first bad record of the dataset, naming it) or "skip" (drop and count).
       max_skip_fraction: with "skip", still stop when more than this fraction of records is bad.
+      empty_docs: collection documents with no title and no text: "raise", "skip" (left out, with their
+        judgements; records naming them are then bad records) or "keep" (empty passages). Cranfield has two.
+        Also used by validation (``eval.collection_dir``).
       pretokenize: tokenise every passage and query once into token tables (False: tokenise each batch).
       token_cache_dir: cache the token tables here by fingerprint ("" = no cache).
       num_threads, prefetch: loader threads and batches built ahead.
@@ -179,6 +182,7 @@ class DataConfig:
     teacher_column: int = 0
     bad_records: str = "raise"
     max_skip_fraction: float = 0.001
+    empty_docs: str = "raise"
     pretokenize: bool = True
     token_cache_dir: str = ""
     num_threads: int = 2
@@ -292,6 +296,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice(cfg.data.sampling, ("hardest", "random"), "data.sampling")
     _choice(cfg.data.teacher_combine, ("column", "mean", "zmean"), "data.teacher_combine")
     _choice(cfg.data.bad_records, ("raise", "skip"), "data.bad_records")
+    _choice(cfg.data.empty_docs, ("raise", "skip", "keep"), "data.empty_docs")
     _choice(cfg.checkpoint.best_mode, ("max", "min"), "checkpoint.best_mode")
     for field, v in (("steps", cfg.steps), ("data.batch_size", cfg.data.batch_size),
                      ("data.n_candidates", cfg.data.n_candidates), ("optim.grad_accum", cfg.optim.grad_accum),

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 
 
 def main(argv: list[str]) -> int:
@@ -36,6 +38,10 @@ def main(argv: list[str]) -> int:
 
     from distill_jax.data import candidates as cd
     from distill_jax.data.negatives import fuse
+
+    check_output(args.out, "candidates")  # before any work: a bad --out fails in a second, not after mining
+    if args.trec:
+        check_output(args.trec, "trec")
 
     if args.merge:
         runs = [cd.candidates_to_run(cd.read_candidates(p)) for p in args.merge]
@@ -74,3 +80,33 @@ def main(argv: list[str]) -> int:
         for name, value in metrics.items():
             print(f"recall of the positives {name} (ir-measures): {value:.4f}")
     return 0
+
+
+def check_output(path: str, kind: str) -> None:
+    """Refuses an output path that is a directory, or an existing file this command did not write (the first
+    line is not a candidate list / TREC run row): ``mine`` overwrites only its own kind of file.
+
+    Raises:
+      IsADirectoryError, DataError: naming the path and the fix.
+    """
+    from distill_jax.data.collections import DataError, open_text
+
+    if os.path.isdir(path):
+        flag, example = ("--out", "candidates.jsonl") if kind == "candidates" else ("--trec", "run.trec")
+        raise IsADirectoryError(f"{flag} {path} is a directory; pass a file name (e.g. {os.path.join(path, example)})")
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with open_text(path) as f:
+        first = next((line for line in f if line.strip()), "")
+    if kind == "candidates":
+        try:
+            obj = json.loads(first)
+            ours = isinstance(obj, dict) and {"qid", "pos", "neg"} <= set(obj)
+        except json.JSONDecodeError:
+            ours = False
+    else:
+        cols = first.split()
+        ours = len(cols) == 6 and cols[1] == "Q0"
+    if not ours:
+        raise DataError(f"{path} exists and is not a {kind} file written by `distill-jax mine`; choose another "
+                        "output path (or remove the file yourself)")

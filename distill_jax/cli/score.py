@@ -29,15 +29,26 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--max-candidates", type=int, default=0)
+    p.add_argument("--bad-records", default="raise", choices=("raise", "skip"),
+                   help="a bad candidate list (unknown query or passage id, a passage listed twice, no judged "
+                        "positive) or a non-finite score: stop naming it, or drop the query and count it")
+    p.add_argument("--max-skip-fraction", type=float, default=0.001,
+                   help="with --bad-records skip, still stop when more than this fraction of queries is bad")
+    p.add_argument("--empty-docs", default="raise", choices=("raise", "skip", "keep"),
+                   help="collection documents with no title and no text (Cranfield has two): stop, leave them "
+                        "(and their judgements) out, or score them as empty passages")
     a = p.parse_args(argv)
     buckets = (tuple(int(x) for x in a.buckets.split(",")) if a.buckets else
                tuple(b for b in (64, 128, 192) if b < a.max_length) + (a.max_length,))
     cfg = ScoreConfig(tuple(a.teacher), a.collection, a.candidates, a.out, a.split, a.num_shards, a.max_length,
-                      buckets, a.batch_size, a.dtype, a.max_candidates)
+                      buckets, a.batch_size, a.dtype, a.max_candidates, bad_records=a.bad_records,
+                      max_skip_fraction=a.max_skip_fraction, empty_docs=a.empty_docs)
     from distill_jax import distributed
 
     distributed.initialize_if_multihost()  # host h of P scores shards h, h+P, ... (same variables as train)
     stats = run_score(cfg)
+    skipped = stats.get("records_skipped") or {}
     print(f"score: {stats['shards_scored']} shard(s) scored, {stats['shards_skipped']} already done; "
-          f"{stats['pairs']} pairs at {stats['pairs_per_s']:.1f} pairs/s; padding {stats['padding_fraction']:.1%}")
+          f"{stats['pairs']} pairs at {stats['pairs_per_s']:.1f} pairs/s; padding {stats['padding_fraction']:.1%}"
+          + (f"; skipped {skipped}" if skipped else ""))
     return 0

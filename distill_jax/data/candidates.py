@@ -40,13 +40,40 @@ def write_trec_run(path: str, run: Run, tag: str = "distill-jax") -> str:
     Returns:
       ``path``.
     """
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for qid, ranked in run.items():
-            for rank, (doc, score) in enumerate(ranked, 1):
-                f.write(f"{qid} Q0 {doc} {rank} {float(score):.6f} {tag}\n")
-    os.replace(tmp, path)
+    lines = (f"{qid} Q0 {doc} {rank} {float(score):.6f} {tag}\n" for qid, ranked in run.items()
+             for rank, (doc, score) in enumerate(ranked, 1))
+    atomic_write_lines(path, lines)
     return path
+
+
+def atomic_write_lines(path: str, lines) -> None:
+    """Writes text lines to ``path`` atomically: a temporary file beside it, renamed when complete, removed on any
+    failure (no ``PATH.tmp`` is ever left behind).
+
+    Raises:
+      IsADirectoryError: ``path`` is a directory (named, with the fix); nothing is written.
+    """
+    import tempfile
+
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; pass a file name for the output (e.g. {path}.jsonl)")
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_trec_run(path: str) -> Run:
@@ -98,16 +125,24 @@ def candidates_from_run(run: Run, qrels: Mapping[str, Mapping[str, int]], k: int
 
 
 def write_candidates(path: str, candidates: Sequence[dict]) -> None:
-    """Writes candidate lists as JSONL (``{"qid", "pos", "neg"}`` a line), atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for c in candidates:
-            f.write(json.dumps({"qid": c["qid"], "pos": list(c["pos"]), "neg": list(c["neg"])}) + "\n")
-    os.replace(tmp, path)
+    """Writes candidate lists as JSONL (``{"qid", "pos", "neg"}`` a line), atomically (see
+    :func:`atomic_write_lines`: nothing is left behind when it fails)."""
+    atomic_write_lines(path, (json.dumps({"qid": c["qid"], "pos": list(c["pos"]), "neg": list(c["neg"])}) + "\n"
+                              for c in candidates))
 
 
-def read_candidates(path: str) -> list[dict]:
-    """Reads candidate JSONL written by :func:`write_candidates` (ids are returned as strings)."""
+def read_candidates(path: str, *, duplicates: str = "raise", line_numbers: bool = False) -> list[dict]:
+    """Reads candidate JSONL written by :func:`write_candidates` (ids are returned as strings).
+
+    Args:
+      path: the file.
+      duplicates: a passage id listed twice in one line's ``pos`` or twice in its ``neg``: "raise" (a
+        :class:`DataError` naming the line) or "keep" (the caller checks, e.g. under a bad-record policy). A
+        negative that is also a positive is not an error: it counts as a positive (see :func:`duplicate_id`).
+      line_numbers: also return each list's 1-based line number as ``"line"``.
+    """
+    if duplicates not in ("raise", "keep"):
+        raise ValueError(f"duplicates={duplicates!r}: use 'raise' or 'keep'")
     out = []
     with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -115,11 +150,31 @@ def read_candidates(path: str) -> list[dict]:
                 continue
             try:
                 obj = json.loads(line)
-                out.append({"qid": str(obj["qid"]), "pos": [str(p) for p in obj["pos"]],
-                            "neg": [str(n) for n in obj["neg"]]})
+                c = {"qid": str(obj["qid"]), "pos": [str(p) for p in obj["pos"]],
+                     "neg": [str(n) for n in obj["neg"]]}
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DataError(f"{path}:{lineno}: expected {{'qid', 'pos': [...], 'neg': [...]}} ({e!r})") from None
+            if duplicates == "raise":
+                dup = duplicate_id(c)
+                if dup is not None:
+                    raise DataError(f"{path}:{lineno}: query {c['qid']!r} lists passage {dup!r} more than once; "
+                                    "remove the repeat (`distill-jax mine` never writes one)")
+            if line_numbers:
+                c["line"] = lineno
+            out.append(c)
     return out
+
+
+def duplicate_id(candidate: dict) -> str | None:
+    """The first passage id a candidate list names twice in ``pos`` or twice in ``neg``, else None (a negative
+    that is also a positive is dropped from the negatives by its readers, not an error)."""
+    for ids in (candidate["pos"], candidate["neg"]):
+        seen: set[str] = set()
+        for p in ids:
+            if p in seen:
+                return p
+            seen.add(p)
+    return None
 
 
 def candidates_to_run(candidates: Sequence[dict]) -> Run:
@@ -128,4 +183,4 @@ def candidates_to_run(candidates: Sequence[dict]) -> Run:
 
 
 __all__ = ["Run", "sort_run", "as_scores", "write_trec_run", "read_trec_run", "candidates_from_run",
-           "write_candidates", "read_candidates", "candidates_to_run"]
+           "write_candidates", "read_candidates", "duplicate_id", "candidates_to_run", "atomic_write_lines"]

@@ -63,7 +63,8 @@ def _get_id(path: str, lineno: int, obj: dict) -> str:
 EMPTY_DOC_POLICIES = ("raise", "skip", "keep")
 
 
-def read_corpus(path: str, on_empty: str = "raise") -> dict[str, tuple[str, str]]:
+def read_corpus(path: str, on_empty: str = "raise", *,
+                skipped: list[str] | None = None) -> dict[str, tuple[str, str]]:
     """Reads ``corpus.jsonl[.gz]`` into ``{doc_id: (title, text)}`` (one streaming pass, one json.loads a line).
 
     Args:
@@ -71,6 +72,7 @@ def read_corpus(path: str, on_empty: str = "raise") -> dict[str, tuple[str, str]
       on_empty: a document whose title and text are both empty: "raise", "skip" (left out, counted in the log)
         or "keep" (real collections have them: Cranfield's docs 471 and 995 are empty in the original; a
         tokenizer then sees an empty passage).
+      skipped: when given, the ids of the documents left out by ``on_empty="skip"`` are appended to it.
 
     Raises:
       DataError: malformed JSON, a missing/empty/duplicate ``_id``, or (on_empty="raise") an empty passage.
@@ -89,6 +91,8 @@ def read_corpus(path: str, on_empty: str = "raise") -> dict[str, tuple[str, str]
                                 "it, or read with on_empty='skip' (drop) / 'keep' (--empty-docs)")
             empty.append(pid)
             if on_empty == "skip":
+                if skipped is not None:
+                    skipped.append(pid)
                 continue
         if pid in corpus:
             raise DataError(
@@ -129,18 +133,22 @@ def read_queries(path: str) -> dict[str, str]:
 
 
 def read_qrels(path: str, corpus_ids: Iterable[str] | None = None,
-               query_ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+               query_ids: Iterable[str] | None = None, *, ignore_docs: Iterable[str] = ()) -> dict[str, dict[str, int]]:
     """Reads a BEIR qrels TSV (``query-id  corpus-id  score``, header optional) into ``{qid: {doc_id: grade}}``.
 
     Args:
       path: the TSV file.
       corpus_ids / query_ids: when given, every judged id must be among them.
+      ignore_docs: judgements of these documents are dropped (counted in the log): the documents a reader was
+        told to skip (``on_empty="skip"``), not unknown ids, which stay an error.
 
     Raises:
       DataError: a short line, a non-integer grade, or an id that names no document / query.
     """
     docs = corpus_ids if corpus_ids is None or isinstance(corpus_ids, (set, dict)) else set(corpus_ids)
     qs = query_ids if query_ids is None or isinstance(query_ids, (set, dict)) else set(query_ids)
+    ignore = set(ignore_docs)
+    dropped: list[str] = []
     qrels: dict[str, dict[str, int]] = {}
     with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -162,6 +170,9 @@ def read_qrels(path: str, corpus_ids: Iterable[str] | None = None,
                 raise DataError(f"{path}:{lineno}: score {grade!r} is not an integer grade") from None
             if not qid or not pid:
                 raise DataError(f"{path}:{lineno}: empty query or corpus id")
+            if pid in ignore:
+                dropped.append(f"{qid}/{pid}")
+                continue
             if qs is not None and qid not in qs:
                 raise DataError(f"{path}:{lineno}: query id {qid!r} is not in queries.jsonl; "
                                 "add the query or remove the judgement")
@@ -169,6 +180,9 @@ def read_qrels(path: str, corpus_ids: Iterable[str] | None = None,
                 raise DataError(f"{path}:{lineno}: corpus id {pid!r} is not in the corpus; "
                                 "add the document or remove the judgement")
             qrels.setdefault(qid, {})[pid] = value
+    if dropped:
+        log.warning("%s: dropped %d judgements of skipped documents (%s)", path, len(dropped),
+                    ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
     return qrels
 
 
@@ -213,9 +227,17 @@ def load_collection(folder: str, split: str | None = "train", on_empty: str = "r
       folder: holds corpus.jsonl[.gz], queries.jsonl[.gz] and qrels/<split>.tsv.
       split: the qrels split; its judged queries are kept (as BEIR's GenericDataLoader does). None: all
         queries and no qrels.
-      on_empty: documents with no text: "raise", "skip" or "keep" (see :func:`read_corpus`).
+      on_empty: documents with no text: "raise", "skip" or "keep" (see :func:`read_corpus`). "skip" also drops
+        the split's judgements of the skipped documents (Cranfield judges its empty doc 995 for query 125), logged.
+
+    Raises:
+      DataError: the folder is missing or not a BEIR folder, or any file in it is malformed (file and line named).
     """
-    corpus = read_corpus(_find(folder, ("corpus.jsonl", "corpus.jsonl.gz")), on_empty)
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: no such collection directory; pass a BEIR folder (corpus.jsonl, queries.jsonl, "
+                        "qrels/<split>.tsv)")
+    skipped: list[str] = []
+    corpus = read_corpus(_find(folder, ("corpus.jsonl", "corpus.jsonl.gz")), on_empty, skipped=skipped)
     queries = read_queries(_find(folder, ("queries.jsonl", "queries.jsonl.gz")))
     if split is None:
         return Collection(corpus, queries, {}, folder)
@@ -224,7 +246,7 @@ def load_collection(folder: str, split: str | None = "train", on_empty: str = "r
         have = sorted(p[:-4] for p in os.listdir(os.path.join(folder, "qrels"))) if os.path.isdir(
             os.path.join(folder, "qrels")) else []
         raise DataError(f"{qrels_path} not found; splits here: {have or 'none'}")
-    qrels = read_qrels(qrels_path, corpus, queries)
+    qrels = read_qrels(qrels_path, corpus, queries, ignore_docs=skipped)
     return Collection(corpus, {q: t for q, t in queries.items() if q in qrels}, qrels, folder)
 
 

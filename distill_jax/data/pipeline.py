@@ -408,7 +408,7 @@ def loader_for(cfg, vocab_size: int):
     from distill_jax.data.tokenize import load_tokenizer
     from distill_jax.models.encoder import check_token_ids
 
-    collection = load_collection(d.collection_dir, split=None)
+    collection = load_collection(d.collection_dir, split=None, on_empty=d.empty_docs)
     tok = load_tokenizer(tokenizer_path(cfg))
     loader_cfg = LoaderConfig(batch_size=d.batch_size, num_candidates=d.n_candidates, model_kind=cfg.model.kind,
                               query_maxlen=d.query_maxlen, doc_maxlen=d.doc_maxlen, pair_maxlen=d.pair_maxlen,

@@ -226,7 +226,8 @@ def validator(cfg, model, mesh):
     from distill_jax.models.hf import resolve_checkpoint_dir
 
     e, d = cfg.eval, cfg.data
-    task = rerank_task(e.collection_dir or d.collection_dir, e.split, e.depth, e.max_queries, tuple(e.metrics))
+    task = rerank_task(e.collection_dir or d.collection_dir, e.split, e.depth, e.max_queries, tuple(e.metrics),
+                       on_empty=d.empty_docs)
     tok = load_tokenizer(resolve_checkpoint_dir(d.tokenizer or cfg.model.checkpoint))
     kind = kinds.get(cfg.model.kind)
     if kind.layout == "pairs":

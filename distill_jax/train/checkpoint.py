@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from distill_jax.config import CheckpointConfig
+from distill_jax.config import CheckpointConfig, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, cfg: CheckpointConfig, meta: dict[str, Any] | None = None):
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise NotADirectoryError(f"{directory} is a file, but a work directory's checkpoints/ must be a directory "
+                                     "of step directories: move the file away, or pass another workdir")
         self.cfg = cfg
         self.meta = meta or {}
         keep: list[Any] = [policies.LatestN(n=max(cfg.keep, 1))]
@@ -84,20 +87,48 @@ class Checkpointer:
           (state, this host's data iterator state, step).
 
         Raises:
-          FileNotFoundError: no checkpoint; ValueError: the checkpoint was written by a different number of
-          hosts (the data position of each host cannot be mapped).
+          FileNotFoundError: no checkpoint; ConfigError (a ValueError): the checkpoint holds another state tree
+          (another model geometry, optimiser or recipe: the message names the work directory and, when the saved
+          config tells, the first changed field) or was written by a different number of hosts (the data
+          position of each host cannot be mapped).
         """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        except ValueError as e:  # orbax: tree structures differ / "Requested shape ... not compatible"
+            raise self._mismatch(step, e) from e
         data = out["data"]
         if data["process_count"] != jax.process_count():
-            raise ValueError(f"checkpoint step {step} in {self.manager.directory} was written by "
+            raise ConfigError(f"checkpoint step {step} in {self.manager.directory} was written by "
                              f"{data['process_count']} hosts, this job has {jax.process_count()}: the data "
                              "iterator position of each host cannot be restored")
         return out["state"], data["states"][jax.process_index()], step
+
+    def _mismatch(self, step: int, error: ValueError) -> ConfigError:
+        """The one-line error of a resume whose state does not fit the checkpoint (orbax's own text is many lines
+        about ``partial_restore``, which is not the fix here)."""
+        directory = str(self.manager.directory)
+        workdir = os.path.dirname(directory.rstrip("/"))
+        changed = ""
+        try:
+            saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            old, new = saved.get("config") or {}, self.meta.get("config") or {}
+            # the sections that shape the state first: a longer `steps` is a legitimate change, not the cause
+            diff = next((d for d in (_first_difference(old.get(k), new.get(k), f"{k}.")
+                                     for k in ("model", "optim", "loss", "data")) if d), "")
+            if diff:
+                changed = f" (the checkpoint's config has {diff})"
+        except (FileNotFoundError, KeyError, ValueError, AttributeError):
+            pass
+        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+        detail = " ".join(lines[:2])[:160]
+        return ConfigError(f"work directory {workdir}: checkpoint step {step} holds another model or optimiser "
+                           f"state than this config builds{changed}: {detail}. Resume with the config the run was "
+                           f"started with ({os.path.join(workdir, 'config.json')}), or train this config in a new "
+                           "workdir")
 
     def wait(self) -> None:
         """Blocks until pending async saves are written (raises a save's error, if any)."""
@@ -106,6 +137,20 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _first_difference(saved: Any, current: Any, prefix: str = "") -> str:
+    """``field=saved, this run has current`` for the first differing field of two config dicts ("" if none)."""
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return ""
+    for key in list(saved) + [k for k in current if k not in saved]:
+        a, b = saved.get(key), current.get(key)
+        if a == b or key in ("workdir", "name"):
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            return _first_difference(a, b, f"{prefix}{key}.")
+        return f"{prefix}{key}={a!r}, this run has {b!r}"
+    return ""
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:

@@ -22,9 +22,13 @@ class MetricWriter:
       directory: output directory (created).
       tensorboard: also write TensorBoard events under ``<directory>/tensorboard``.
       enabled: False makes every call a no-op (non-primary hosts).
+      start_step: the step a resumed run starts from (its checkpoint's): rows of a killed run logged after it
+        (step > start_step) are dropped on open, since the resumed run logs those steps again; every step then
+        has one row. None keeps the file as it is (append only).
     """
 
-    def __init__(self, directory: str, tensorboard: bool = True, enabled: bool = True):
+    def __init__(self, directory: str, tensorboard: bool = True, enabled: bool = True,
+                 start_step: int | None = None):
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
@@ -32,6 +36,8 @@ class MetricWriter:
             return
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "metrics.jsonl")
+        if start_step is not None:
+            truncate_after(self.path, start_step)
         self._jsonl = open(self.path, "a", buffering=1)  # line-buffered: a killed run keeps every full line
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -70,6 +76,31 @@ def _plain(v: Any):
     except (TypeError, ValueError):
         return v
     return int(f) if isinstance(v, int) else f
+
+
+def truncate_after(path: str, step: int) -> int:
+    """Drops the rows of ``path`` with a step after ``step`` (and a torn last line), atomically (a temporary file
+    renamed over it). Returns the number of rows dropped; a missing file is left missing."""
+    if not os.path.isfile(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if isinstance(row, dict) and int(row.get("step", 0)) > step:
+                dropped += 1
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

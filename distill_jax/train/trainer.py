@@ -117,7 +117,7 @@ def train(cfg: TrainConfig, mesh=None, validator: Callable | None = None) -> dic
         raise ConfigError("eval.every_steps is set but no validator was given: pass "
                           "validator=distill_jax.eval.rerank.validator to train(), or set eval.every_steps=0")
     validate_params = validator(cfg, model, mesh) if cfg.eval.every_steps else None
-    writer = MetricWriter(cfg.workdir, tensorboard=cfg.tensorboard, enabled=primary)
+    writer = MetricWriter(cfg.workdir, tensorboard=cfg.tensorboard, enabled=primary, start_step=start)
 
     losses: dict[int, float] = {}
     last: dict[str, float] = {}

@@ -43,14 +43,20 @@ class RecordChecker:
       num_teachers: expected T (None: taken from the first record).
       corpus: anything supporting ``rows(ids) -> int array (-1 = missing)`` (a :class:`TextTable`) or a set of
         ids; None skips the corpus check.
+      unit: what ``index`` counts in messages ("record"; "line" for a file read line by line).
+      hint: how to reach the "skip" policy from where the input is read (a flag or config field).
     """
 
     FAULTS = ("empty_qid", "no_candidates", "shape", "nonfinite_score", "duplicate_pid", "missing_pid",
               "no_positive", "missing_score", "missing_query")
 
+    DEFAULT_HINT = ("`distill-jax score --bad-records skip`, `train --set data.bad_records=skip`, `import-scores "
+                    "--policy skip`")
+
     def __init__(self, source: str, policy: BadInputPolicy = BadInputPolicy(), num_teachers: int | None = None,
-                 corpus=None):
+                 corpus=None, *, unit: str = "record", hint: str | None = None):
         self.source, self.policy, self.num_teachers, self.corpus = source, policy, num_teachers, corpus
+        self.unit, self.hint = unit, hint or self.DEFAULT_HINT
         self.counts = dict.fromkeys(self.FAULTS, 0)
         self.seen = 0
         self.bad_indices: list[int] = []
@@ -58,8 +64,9 @@ class RecordChecker:
     def fault(self, index: int, qid, kind: str, detail: str) -> None:
         """Records a fault found outside :meth:`check` (e.g. a missing score in an importer)."""
         if self.policy.policy == "raise":
-            raise DataError(f"{self.source}: record {index} (qid {qid!r}): {kind}: {detail}. Fix the input, or "
-                            f"pass policy='skip' to drop such records (counted, up to max_skip_fraction)")
+            raise DataError(f"{self.source}: {self.unit} {index} (qid {qid!r}): {kind}: {detail}. Fix the input, or "
+                            f"drop such records with the skip policy ({self.hint}; counted, at most "
+                            f"max_skip_fraction={self.policy.max_skip_fraction} of them)")
         self.counts[kind] += 1
         self.bad_indices.append(index)
 
@@ -110,7 +117,8 @@ class RecordChecker:
             if skipped > self.policy.max_skip_fraction * max(self.seen, 1):
                 raise DataError(f"{self.source}: {skipped} of {self.seen} records are bad ({detail}), more than "
                                 f"max_skip_fraction={self.policy.max_skip_fraction}; the input looks broken: "
-                                "fix it (or raise the threshold knowingly)")
+                                "fix it (or raise the threshold knowingly: --max-skip-fraction, "
+                                "data.max_skip_fraction)")
         return {k: v for k, v in self.counts.items() if v}
 
 
@@ -137,19 +145,3 @@ def validated(records: Iterable[dict], checker: RecordChecker) -> Iterator[dict]
             yield rec
     checker.finish()
 
-
-def make_record(qid, pids, labels, scores) -> dict:
-    """A record in the dataset's types: str ids, int32 labels [M], float32 scores [M, T]."""
-    scores = np.asarray(scores, np.float32)
-    if scores.ndim == 1:
-        scores = scores[:, None]
-    return {"qid": str(qid), "pids": [str(p) for p in pids], "labels": np.asarray(labels, np.int32).reshape(-1),
-            "scores": scores}
-
-
-def validated(records: Iterable[dict], checker: RecordChecker) -> Iterator[dict]:
-    """Yields the good records (see :class:`RecordChecker`); calls ``checker.finish()`` at the end."""
-    for index, rec in enumerate(records):
-        if checker.check(index, rec["qid"], rec["pids"], rec["labels"], rec["scores"]):
-            yield rec
-    checker.finish()

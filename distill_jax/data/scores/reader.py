@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from distill_jax.data.collections import DataError
-from distill_jax.data.scores.schema import DATASET_NAME, SCHEMA_VERSION, shard_sha256
+from distill_jax.data.scores.schema import DATASET_NAME, DONE_SUFFIX, SCHEMA_VERSION, verified_sha256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,12 @@ def find_dataset_dir(path: str) -> str:
 
 
 def load_teacher_scores(path: str, split: str = "train") -> TeacherScoreDataset:
-    """Opens a dataset written by either writer (no TensorFlow involved)."""
+    """Opens a dataset written by either writer (no TensorFlow involved).
+
+    Every shard is checked against its completion record first (size, then sha256 once per process: see
+    :func:`~distill_jax.data.scores.schema.verified_sha256`), so a truncated or corrupted shard is named here with
+    its file, not met later as a decoding error deep in the loader.
+    """
     import tensorflow_datasets as tfds
 
     directory = find_dataset_dir(path)
@@ -67,9 +72,19 @@ def load_teacher_scores(path: str, split: str = "train") -> TeacherScoreDataset:
                         f"{SCHEMA_VERSION}; rewrite the dataset with this version")
     info = builder.info.splits[split]
     files = [os.path.basename(f) for f in info.filenames]
+    lengths = [int(x) for x in info.shard_lengths]
+    digests = [verified_sha256(os.path.join(directory, f)) for f in files]
+    for name, length in zip(files, lengths):
+        done = os.path.join(directory, name + DONE_SUFFIX)
+        if os.path.exists(done):
+            with open(done) as f:
+                written = json.load(f).get("num_records", length)
+            if written != length:
+                raise DataError(f"{os.path.join(directory, name)}: {written} records written but dataset_info.json "
+                                f"lists {length}: the metadata belongs to another write; rerun the command that "
+                                "wrote this dataset (it rewrites dataset_info.json)")
     ident = {"schema": SCHEMA_VERSION, "teachers": list(meta["teacher_names"]), "files": files,
-             "sha256": [shard_sha256(os.path.join(directory, f)) for f in files],
-             "lengths": [int(x) for x in info.shard_lengths]}
+             "sha256": digests, "lengths": lengths}
     fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     return TeacherScoreDataset(builder.as_data_source(split), tuple(meta["teacher_names"]), fingerprint,
                                directory)
