@@ -209,6 +209,41 @@ def test_score_hosts_write_their_shards_and_the_result_equals_one_host(tmp_path,
     assert sorted(os.listdir(tmp_path / "one")) == sorted(os.listdir(tmp_path / "two"))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_score_equals_one_process(tmp_path, teacher):
+    """2 processes x 2 devices through jax.distributed (the variables `train` reads): each shard written once,
+    the metadata by process 0 after a barrier, every file byte-identical to 1 process x 2 devices."""
+    col = tmp_path / "col"
+    _collection(col)
+    def cmd(out):
+        return [sys.executable, "-m", "distill_jax.cli", "score", "--teacher", teacher, "--collection", str(col),
+                "--candidates", str(col / "cands.jsonl"), "--out", str(out), "--num-shards", "3", "--max-length",
+                "64", "--buckets", "32,64", "--batch-size", "16"]
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run(cmd(tmp_path / "one"), env=env, check=True, capture_output=True, timeout=600)
+    port = _free_port()
+    procs = [subprocess.Popen(cmd(tmp_path / "two"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(env, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                                       JAX_PROCESS_ID=str(i), JAX_INIT_TIMEOUT_S="120")) for i in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert "2 shard(s) scored" in logs[0] and "1 shard(s) scored" in logs[1]
+    one, two = sorted(os.listdir(tmp_path / "one")), sorted(os.listdir(tmp_path / "two"))
+    assert one == two
+    for name in one:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 5. the bad-record policy from `score` (and 7: unknown / duplicate passage ids named by their candidate line)
 # ---------------------------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ def main(argv: list[str]) -> int:
         from distill_jax.data.collections import read_corpus
 
         corpus = set(read_corpus(os.path.join(args.corpus, "corpus.jsonl"), on_empty=args.empty_docs))
-    checker = RecordChecker(args.input, BadInputPolicy(args.policy, args.max_skip_fraction), 1, corpus)
+    checker = RecordChecker(args.input, BadInputPolicy(args.policy, args.max_skip_fraction), 1, corpus,
+                            hint="`distill-jax import-scores --policy skip`")
     if args.format == "hofstaetter":
         name = args.teacher_name or "hofstaetter-margin-mse"
         records = lambda: read_hofstaetter_tsv(args.input)  # noqa: E731

@@ -93,7 +93,8 @@ def check_output(path: str, kind: str) -> None:
 
     if os.path.isdir(path):
         flag, example = ("--out", "candidates.jsonl") if kind == "candidates" else ("--trec", "run.trec")
-        raise IsADirectoryError(f"{flag} {path} is a directory; pass a file name (e.g. {os.path.join(path, example)})")
+        raise IsADirectoryError(f"{flag} {path} is a directory; pass a file name "
+                                f"(e.g. {os.path.join(path, example)})")
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
     with open_text(path) as f:

@@ -102,20 +102,22 @@ def split_candidates(candidates: Sequence[dict], num_shards: int) -> list[Sequen
 
 
 MANIFEST = "score_manifest.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".h5", ".npz")
+SKIP_HINT = "`distill-jax score --bad-records skip`"
 
 
 def teacher_fingerprint(path: str) -> str:
-    """sha256 over a teacher checkpoint's config, tokenizer and weight files (names, sizes and content hashes):
-    the same bytes anywhere give the same fingerprint, any retrained or re-exported weights another."""
+    """sha256 over a teacher checkpoint's config/tokenizer files and the weight files its loader reads
+    (``*.safetensors``, else ``pytorch_model.bin``, per folder): names, sizes and content hashes. The same bytes
+    anywhere give the same fingerprint; retrained or re-exported weights another."""
     from distill_jax.data.scores.schema import file_identity
     from distill_jax.models.hf import resolve_checkpoint_dir
 
     directory = resolve_checkpoint_dir(path)
     files = {}
     for root, _, names in os.walk(directory):
+        weights = [n for n in names if n.endswith(".safetensors")] or [n for n in names if n == "pytorch_model.bin"]
         for name in sorted(names):
-            if name.endswith(".json") or name.endswith(WEIGHT_SUFFIXES) or name in ("vocab.txt",):
+            if name.endswith(".json") or name == "vocab.txt" or name in weights:
                 full = os.path.join(root, name)
                 files[os.path.relpath(full, directory)] = file_identity(full)
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
@@ -123,7 +125,8 @@ def teacher_fingerprint(path: str) -> str:
 
 def score_manifest(cfg: ScoreConfig) -> dict:
     """What a scored dataset is a function of (see the module docstring). Paths are left out: a moved or copied
-    input with the same content still continues."""
+    input with the same content still continues. The bad-record policy is left out too: every candidate list is
+    checked before the first shard, so a run stopped by ``raise`` can continue with ``--bad-records skip``."""
     from distill_jax.data.scores.schema import file_identity
 
     col = cfg.collection
@@ -138,8 +141,7 @@ def score_manifest(cfg: ScoreConfig) -> dict:
             "max_candidates": cfg.max_candidates, "num_shards": cfg.num_shards, "split": cfg.split,
             "collection": collection, "empty_docs": cfg.empty_docs,
             "teachers": [{"name": teacher_name(t), "fingerprint": teacher_fingerprint(t)} for t in cfg.teachers],
-            "max_length": cfg.max_length, "dtype": cfg.dtype, "bad_records": cfg.bad_records,
-            "max_skip_fraction": cfg.max_skip_fraction}
+            "max_length": cfg.max_length, "dtype": cfg.dtype}
 
 
 def check_output_dir(cfg: ScoreConfig, manifest: dict) -> None:
@@ -199,7 +201,8 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
     import jax
     from tqdm import tqdm
 
-    from distill_jax.data.scores import BadInputPolicy, RecordChecker, make_record, shard_done, write_teacher_scores
+    from distill_jax.data.scores import (BadInputPolicy, RecordChecker, make_record, shard_done,
+                                         write_teacher_scores)
     from distill_jax.teacher.scorer import load_teacher, score_pairs
 
     pi = jax.process_index() if process_index is None else process_index
@@ -232,8 +235,9 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
                 offsets = np.cumsum([0] + [len(p) for _, p, _ in lists[s]])
                 records = [make_record(q, pids, labels, cols[offsets[i]:offsets[i + 1]])
                            for i, (q, pids, labels) in enumerate(lists[s])]
-                checker = RecordChecker(cfg.out_dir, policy, len(names), hint="`distill-jax score --bad-records skip`")
-                write_teacher_scores(records, cfg.out_dir, s, cfg.num_shards, names, checker=checker, finalize=False)
+                checker = RecordChecker(cfg.out_dir, policy, len(names), hint=SKIP_HINT)
+                write_teacher_scores(records, cfg.out_dir, s, cfg.num_shards, names, checker=checker,
+                                     finalize=False)  # finalize_after_barrier writes the metadata, once
                 stats["shards_scored"] += 1
                 stats["pairs"] += len(q_texts) * len(teachers)
                 log.info("score: shard %d/%d written (%d queries)", s + 1, cfg.num_shards, len(qids))
@@ -280,7 +284,7 @@ def checked_candidate_lists(cfg: ScoreConfig, policy) -> tuple[object, dict[int,
 
     collection = load_collection(cfg.collection, cfg.split, on_empty=cfg.empty_docs)
     shards = split_candidates(read_candidates(cfg.candidates, duplicates="keep", line_numbers=True), cfg.num_shards)
-    checker = RecordChecker(cfg.candidates, policy, unit="line", hint="`distill-jax score --bad-records skip`")
+    checker = RecordChecker(cfg.candidates, policy, unit="line", hint=SKIP_HINT)
     lists = {s: candidate_lists(shards[s], collection, cfg.max_candidates, checker)
                    for s in range(cfg.num_shards)}
     return collection, lists, checker.finish()
@@ -298,8 +302,7 @@ def candidate_lists(cands: Sequence[dict], collection, max_candidates: int,
     from distill_jax.data.candidates import duplicate_id
     from distill_jax.data.scores import RecordChecker
 
-    checker = checker or RecordChecker("candidates", unit="candidate list",
-                                       hint="`distill-jax score --bad-records skip`")
+    checker = checker or RecordChecker("candidates", unit="candidate list", hint=SKIP_HINT)
     out = []
     for i, c in enumerate(cands):
         where, qid = c.get("line", i), c["qid"]

@@ -38,8 +38,8 @@ class Checkpointer:
 
     def __init__(self, directory: str, cfg: CheckpointConfig, meta: dict[str, Any] | None = None):
         if os.path.exists(directory) and not os.path.isdir(directory):
-            raise NotADirectoryError(f"{directory} is a file, but a work directory's checkpoints/ must be a directory "
-                                     "of step directories: move the file away, or pass another workdir")
+            raise NotADirectoryError(f"{directory} is a file, but a work directory's checkpoints/ must be a "
+                                     "directory of step directories: move the file away, or pass another workdir")
         self.cfg = cfg
         self.meta = meta or {}
         keep: list[Any] = [policies.LatestN(n=max(cfg.keep, 1))]
