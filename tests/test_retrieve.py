@@ -453,7 +453,7 @@ def test_saved_index_is_reused_only_for_the_same_build(corpus, colbert, splade, 
     where = str(tmp_path / "index")
     first, r1 = rt.retrieve(rm, ids, texts, queries, depth=5, latency_queries=0, index_dir=where, progress=False)
     again, r2 = rt.retrieve(rm, ids, texts, queries, depth=5, latency_queries=0, index_dir=where, progress=False)
-    assert "index" not in r1.extra and "read from" in r2.extra["index"]
+    assert r1.index_from is None and r2.index_from == where and "read from" in r2.describe()
     assert again == first and r2.index_bytes == r1.index_bytes
     other = {"store_dtype": "int8"} if kind == "colbert" else {"splade_top_k": 7}
     with pytest.raises(ValueError, match="built from something else"):
