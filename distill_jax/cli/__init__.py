@@ -21,6 +21,7 @@ COMMANDS = {
     "retrieve": ("distill_jax.cli.retrieve", "retrieve (or rerank) a BEIR split with a student: a TREC run"),
     "evaluate": ("distill_jax.cli.evaluate", "retrieval / reranking evaluation of TREC runs"),
     "export": ("distill_jax.cli.export", "export a training run for serving (PyLate / sentence-transformers / HF)"),
+    "run": ("distill_jax.cli.run", "the whole job: mine, teacher, score, students, retrieve, evaluate, export"),
 }
 
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distill-jax: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    run = module.main if hasattr(module, "main") else (lambda a: module.cli_main([name] + a))
+    run = module.main
     if debug:
         return int(run(rest) or 0)
     try:

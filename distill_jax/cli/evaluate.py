@@ -50,8 +50,3 @@ def main(argv: list[str]) -> int:
                                    judged_queries=judged, run_files=dict(zip(names, args.run)))
         print(f"-> {args.json}")
     return 0
-
-
-def cli_main(argv: list[str]) -> int:
-    """The dispatcher's older calling convention (``argv`` starting with the command name)."""
-    return main(argv[1:])

@@ -41,10 +41,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def cli_main(argv: list[str]) -> int:
-    """The older dispatcher's entry point: ``argv`` starts with the command name."""
-    return main(argv[1:])
-
-
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

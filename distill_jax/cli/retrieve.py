@@ -125,8 +125,3 @@ def main(argv: list[str]) -> int:
         with open(args.report, "w") as f:
             json.dump(report.as_dict(), f, indent=2)
     return 0
-
-
-def cli_main(argv: list[str]) -> int:
-    """The dispatcher's older calling convention (``argv`` starting with the command name)."""
-    return main(argv[1:])
