@@ -102,12 +102,17 @@ def write_label_dataset(view_dir: str, out_dir: str, k: int, num_shards: int = 1
 
 
 def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test", test_depth: int = 100) -> dict:
-    """Prepares the data, trains, exports the best checkpoint and evaluates it (see the module docstring)."""
+    """Prepares the data, trains, exports the best checkpoint and evaluates it (see the module docstring).
+
+    ``cfg.model.checkpoint = ""`` trains a random encoder of the config's geometry (tokenizer: ``data.tokenizer``);
+    ``test_depth=0`` skips the final reranking evaluation.
+    """
     from distill_jax.eval.rerank import evaluate_reranking, validator
     from distill_jax.export import save_pretrained
     from distill_jax.models.encoder import EncoderConfig
     from distill_jax.models.hf import resolve_checkpoint_dir
     from distill_jax.train.checkpoint import restore_params
+    from distill_jax.train.state import encoder_config
     from distill_jax.train.trainer import train
 
     work = os.path.abspath(cfg.workdir)
@@ -124,12 +129,19 @@ def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test
     )
     out = train(run_cfg, validator=validator)
     params, best_step, _ = restore_params(work)
-    base = resolve_checkpoint_dir(cfg.model.checkpoint)
-    teacher_dir = save_pretrained("cross_encoder", EncoderConfig.from_pretrained_dir(base), params,
-                                  os.path.join(work, "teacher"), tokenizer_dir=base)
-    results = evaluate_reranking(teacher_dir, cfg.data.collection_dir, eval_split, k=test_depth,
-                                 max_length=cfg.data.pair_maxlen, batch_size=cfg.eval.batch_size,
-                                 max_queries=cfg.eval.max_queries)
+    if cfg.model.checkpoint:
+        base = resolve_checkpoint_dir(cfg.model.checkpoint)
+        enc = EncoderConfig.from_pretrained_dir(base)
+    else:  # a random encoder (tests, smoke runs): its geometry is the config's, its tokenizer data.tokenizer's
+        base, enc = None, encoder_config(cfg.model)
+    tokenizer = resolve_checkpoint_dir(cfg.data.tokenizer) if cfg.data.tokenizer else base
+    teacher_dir = save_pretrained("cross_encoder", enc, params, os.path.join(work, "teacher"),
+                                  tokenizer_dir=tokenizer)
+    results = {}
+    if test_depth:  # 0: the caller evaluates the exported teacher itself (distill-jax run)
+        results = evaluate_reranking(teacher_dir, cfg.data.collection_dir, eval_split, k=test_depth,
+                                     max_length=cfg.data.pair_maxlen, batch_size=cfg.eval.batch_size,
+                                     max_queries=cfg.eval.max_queries)
     summary = {"best_step": best_step, "test_depth": test_depth, "holdout_validation": out["validation"], "bm25_recall_fit": recall,
                f"{eval_split}_reranking": results, "teacher_dir": teacher_dir}
     with open(os.path.join(work, "results.json"), "w") as f:
