@@ -25,17 +25,21 @@ alternate A B A B over ``--rounds`` rounds (a fresh pair of processes per round)
 only one side runs at a time. Our compile time is exact for the train and scoring lines (the jitted function
 is compiled ahead, ``.lower(...).compile()``, and that executable runs every call); the teacher's bucketed scorer
 compiles inside its first call, so there it is first call minus the median call. In every process the first
-call is timed apart, then ``--warmup`` calls, then the measured calls. Step statistics (median / min / max) pool the rounds; the ratio is
-ours / peer examples per second at the medians (per-round ratios are in the JSON). Both sides get the same
-inputs: the same synthetic token ids (``distill_jax.data.synthetic``) for the train lines, the same text pairs for
-the teacher line, the same vectors for the scoring lines; scores of the scoring lines are compared across sides.
+call is timed apart, then ``--warmup`` calls, then the measured calls. Step statistics (median / min / max)
+pool the rounds; the ratio is ours / peer examples per second at the pooled medians (per-round ratios beside
+it). Both sides get the same inputs: the same synthetic token ids (``distill_jax.data.synthetic``) for the train
+lines, the same text pairs for the teacher line, the same vectors for the scoring lines; the scores of the teacher
+and scoring lines are compared across sides.
 Weights: the real all-MiniLM-L6-v2 encoder on both sides (a plain HF directory with the line's dropout written
 into config.json); heads the checkpoint lacks (ColBERT projection, MLM head) are fresh on each side.
 
 MFU = analytic model FLOPs (``scripts/bench_train.py``: ``model_flops_per_step``, ``encoder_flops``) per second
-over the matmul peak measured in this run (``bench_train.matmul_peak``, jax float32 2048^2, measured before
-the lines; again after them, for the record; torch's rate at that shape is recorded beside it). The peer's SPLADE FLOPs count the dense (autodiffed) vocabulary backward it really
-runs, ours the argmax head's. The load average (1 min) is sampled after every measured call.
+over the matmul peak measured in this run: ``bench_train.matmul_peak`` (jax float32 2048^2, best of 5), taken by
+each of our processes right before and right after its measured calls, the line's best value; the load moves, so
+a peak from another moment would not describe the machine the steps ran on. torch's rate at that shape, taken the
+same way in the peer's processes, is recorded beside it; both sides' MFU use the jax peak. The peer's SPLADE
+FLOPs count the dense (autodiffed) vocabulary backward it really runs, ours the argmax head's. The load average
+(1 min) is sampled after every measured call.
 """
 
 from __future__ import annotations
@@ -150,9 +154,11 @@ def sample_load() -> float:
     return os.getloadavg()[0]
 
 
-def timed_calls(fn, warmup: int, n: int, min_rep_s: float = 0.0) -> dict[str, Any]:
-    """first call (compile) + warm-up + ``n`` measured reps. A rep repeats ``fn`` enough times to last
-    ``min_rep_s`` (sub-millisecond kernels); times are seconds per call."""
+def timed_calls(fn, warmup: int, n: int, min_rep_s: float = 0.0, peak=None) -> dict[str, Any]:
+    """first call + warm-up + ``n`` measured reps. A rep repeats ``fn`` enough times to last ``min_rep_s``
+    (sub-millisecond kernels); times are seconds per call. ``peak()`` (the side's matmul rate, TFLOP/s) is
+    measured right before and right after the measured reps, so MFU is taken against the machine as loaded
+    then."""
     t = time.perf_counter()
     fn()
     first = time.perf_counter() - t
@@ -164,13 +170,45 @@ def timed_calls(fn, warmup: int, n: int, min_rep_s: float = 0.0) -> dict[str, An
         if min_rep_s and dt < min_rep_s:
             inner = max(inner, int(np.ceil(min_rep_s / max(dt, 1e-6))))
     times, loads = [], []
+    peaks = [peak()] if peak else []
     for _ in range(n):
         t = time.perf_counter()
         for _ in range(inner):
             out = fn()
         times.append((time.perf_counter() - t) / inner)
         loads.append(sample_load())
-    return {"first_call_s": first, "times": times, "loads": loads, "inner": inner, "last": out}
+    if peak:
+        peaks.append(peak())
+    return {"first_call_s": first, "times": times, "loads": loads, "inner": inner, "last": out,
+            "matmul_tflops": peaks}
+
+
+def jax_peak() -> float:
+    """bench_train.matmul_peak (jax float32 [2048, 2048] matmul, best of 5), TFLOP/s."""
+    sys.path.insert(0, HERE)
+    import jax.numpy as jnp
+    from bench_train import matmul_peak
+
+    return matmul_peak(jnp.float32) / 1e12
+
+
+def torch_matmul_peak() -> float:
+    """The same matmul in torch, best of 5, TFLOP/s."""
+    import torch
+
+    x = torch.ones(2048, 2048)
+    x @ x
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        x @ x
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048**3 / best / 1e12
+
+
+def side_times(r: dict[str, Any]) -> dict[str, Any]:
+    """What every child reports of its timed calls."""
+    return {k: r[k] for k in ("times", "loads", "first_call_s", "inner", "matmul_tflops")}
 
 
 def peak_rss_gb() -> float:
@@ -221,8 +259,8 @@ def ours_train(spec: dict[str, Any], work: str, warmup: int, steps: int) -> dict
         jax.block_until_ready(m)
         return float(m["loss"])
 
-    r = timed_calls(call, warmup, steps)
-    return {"times": r["times"], "loads": r["loads"], "first_call_s": r["first_call_s"], "compile_s": compile_s,
+    r = timed_calls(call, warmup, steps, peak=jax_peak)
+    return {**side_times(r), "compile_s": compile_s,
             "loss": r["last"], "devices": len(jax.devices()), "jax": jax.__version__}
 
 
@@ -235,9 +273,10 @@ def ours_teacher(spec: dict[str, Any], work: str, warmup: int, steps: int) -> di
     n = spec["max_length"]
     scorer, tok = load_teacher(os.path.join(work, "ce"), "float32", spec["batch_size"],
                                tuple(b for b in (64, 96, 128) if b < n) + (n,))
-    r = timed_calls(lambda: score_pairs(scorer, tok, pairs["queries"], pairs["passages"], n), warmup, steps)
+    r = timed_calls(lambda: score_pairs(scorer, tok, pairs["queries"], pairs["passages"], n), warmup, steps,
+                    peak=jax_peak)
     np.save(os.path.join(work, f"{spec['line']}-ours.npy"), r["last"])
-    return {"times": r["times"], "loads": r["loads"], "first_call_s": r["first_call_s"],
+    return {**side_times(r),
             "padding_fraction": round(scorer.stats.padding_fraction, 4), "compiled_shapes": len(scorer.stats.shapes),
             "jax": jax.__version__}
 
@@ -263,9 +302,9 @@ def ours_scoring(spec: dict[str, Any], work: str, warmup: int, steps: int) -> di
             s, i = jax.block_until_ready(fn(*args))
             return np.stack([np.asarray(s, np.float32), np.asarray(i, np.float32)])
     compile_s = time.perf_counter() - t
-    r = timed_calls(call, warmup, steps, min_rep_s=0.3)
+    r = timed_calls(call, warmup, steps, min_rep_s=0.3, peak=jax_peak)
     np.save(os.path.join(work, f"{spec['line']}-ours.npy"), r["last"])
-    return {"times": r["times"], "loads": r["loads"], "first_call_s": r["first_call_s"], "compile_s": compile_s,
+    return {**side_times(r), "compile_s": compile_s,
             "inner": r["inner"], "jax": jax.__version__}
 
 
@@ -335,9 +374,8 @@ def peer_train(spec: dict[str, Any], work: str, warmup: int, steps: int) -> dict
         opt.step()
         return float(loss.detach())
 
-    r = timed_calls(call, warmup, steps)
-    return {"times": r["times"], "loads": r["loads"], "first_call_s": r["first_call_s"], "loss": r["last"],
-            **torch_info()}
+    r = timed_calls(call, warmup, steps, peak=torch_matmul_peak)
+    return {**side_times(r), "loss": r["last"], **torch_info()}
 
 
 def peer_teacher(spec: dict[str, Any], work: str, warmup: int, steps: int) -> dict[str, Any]:
@@ -349,9 +387,9 @@ def peer_teacher(spec: dict[str, Any], work: str, warmup: int, steps: int) -> di
                       activation_fn=torch.nn.Identity())
     texts = list(zip(pairs["queries"], pairs["passages"]))
     r = timed_calls(lambda: ce.predict(texts, batch_size=spec["batch_size"], convert_to_numpy=True,
-                                       show_progress_bar=False), warmup, steps)
+                                       show_progress_bar=False), warmup, steps, peak=torch_matmul_peak)
     np.save(os.path.join(work, f"{spec['line']}-peer.npy"), np.asarray(r["last"], np.float32))
-    return {"times": r["times"], "loads": r["loads"], "first_call_s": r["first_call_s"], **torch_info()}
+    return {**side_times(r), **torch_info()}
 
 
 def peer_scoring(spec: dict[str, Any], work: str, warmup: int, steps: int) -> dict[str, Any]:
@@ -369,10 +407,9 @@ def peer_scoring(spec: dict[str, Any], work: str, warmup: int, steps: int) -> di
                 s = scores.colbert_scores(x["q"], x["d"], documents_mask=x["d_mask"])
                 top = torch.topk(s, spec["k"], dim=-1)
                 return np.stack([top.values.numpy(), top.indices.numpy().astype(np.float32)])
-    r = timed_calls(call, warmup, steps, min_rep_s=0.3)
+    r = timed_calls(call, warmup, steps, min_rep_s=0.3, peak=torch_matmul_peak)
     np.save(os.path.join(work, f"{spec['line']}-peer.npy"), r["last"])
-    return {"times": r["times"], "loads": r["loads"], "first_call_s": r["first_call_s"], "inner": r["inner"],
-            "backend": "torch (PYLATE_SCORES_BACKEND auto on CPU)", **torch_info()}
+    return {**side_times(r), "backend": "torch (PYLATE_SCORES_BACKEND auto on CPU)", **torch_info()}
 
 
 def torch_info() -> dict[str, Any]:
@@ -475,26 +512,13 @@ def prepare_teacher(work: str, spec: dict[str, Any], base: str, collection: str)
 
 
 def matmul_peaks() -> dict[str, float]:
-    """jax (bench_train.matmul_peak, float32 2048^2) peak, TFLOP/s."""
-    sys.path.insert(0, HERE)
-    import jax.numpy as jnp
-    from bench_train import matmul_peak
-
-    return {"jax_tflops": matmul_peak(jnp.float32) / 1e12}
+    return {"jax_tflops": jax_peak()}
 
 
 def torch_peak() -> dict[str, float]:
-    """The same [2048, 2048] float32 matmul in torch, best of 5 (context only)."""
     import torch
 
-    x = torch.ones(2048, 2048)
-    x @ x
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        x @ x
-        best = min(best, time.perf_counter() - t)
-    return {"torch_tflops": 2 * 2048**3 / best / 1e12, "torch_threads": torch.get_num_threads()}
+    return {"torch_tflops": torch_matmul_peak(), "torch_threads": torch.get_num_threads()}
 
 
 CHILDREN = {("ours", "train"): ours_train, ("ours", "teacher"): ours_teacher,
@@ -569,9 +593,11 @@ def summarize(runs: list[dict[str, Any]], per_call: float) -> dict[str, Any]:
            "compile_exact": "compile_s" in ok[0],
            "peak_rss_gb": max(r["peak_rss_gb"] for r in ok), "rounds": len(ok),
            "round_medians_s": [statistics.median(r["times"]) for r in ok], "times_s": times,
-           "load_avg_1m": [x for r in ok for x in r["loads"]]}
+           "load_avg_1m": [x for r in ok for x in r["loads"]],
+           "matmul_tflops": [x for r in ok for x in r.get("matmul_tflops", [])]}
     for k, v in ok[0].items():
-        if k not in ("times", "loads", "first_call_s", "compile_s", "peak_rss_gb", "process_s", "last"):
+        if k not in ("times", "loads", "first_call_s", "compile_s", "peak_rss_gb", "process_s", "last",
+                     "matmul_tflops"):
             out.setdefault(k, v)
     return out
 
@@ -629,7 +655,9 @@ def fmt_line(name: str, r: dict[str, Any]) -> str:
         return f"| {name} | {r['desc']} | failed: {(o.get('error') or p.get('error'))[:80]} |"
     s = lambda x: f"{x['step_s_median']:.3g} s ({x['step_s_min']:.3g}-{x['step_s_max']:.3g})"  # noqa: E731
     agree = r.get("agreement", {})
-    extra = f"; max diff {agree['max_abs_score_diff']:.1e}" if "max_abs_score_diff" in agree else ""
+    extra = "; rounds " + " / ".join(f"{x:.2f}x" for x in r["round_ratios"])
+    extra += f"; peak {r['mfu_peak_tflops'] * 1e3:.0f} GFLOP/s"
+    extra += f"; max diff {agree['max_abs_score_diff']:.1e}" if "max_abs_score_diff" in agree else ""
     return (f"| {name} | {r['desc']} | {s(o)} | {s(p)} | {o['examples_per_s']:.3g} / {p['examples_per_s']:.3g} "
             f"{r['unit']}/s | **{r['ratio']:.2f}x** | {100 * o['mfu']:.1f}% / {100 * p['mfu']:.1f}% | "
             f"{o['peak_rss_gb']:.2f} / {p['peak_rss_gb']:.2f} GB | {o['compile_s']:.1f} s | "
@@ -638,7 +666,8 @@ def fmt_line(name: str, r: dict[str, Any]) -> str:
 
 def table(results: dict[str, Any]) -> str:
     head = ("| line | workload | ours step median (min-max) | peer step median (min-max) | examples/s ours / peer | "
-            "ratio ours/peer | MFU ours / peer | peak RSS ours / peer | compile (ours) | load avg (1 min); notes |\n"
+            "ratio ours/peer | MFU ours / peer | peak RSS ours / peer | compile (ours) | "
+            "load avg (1 min); per-round ratios; MFU peak (jax); score diff |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     return "\n".join([head] + [fmt_line(n, r) for n, r in results["lines"].items()])
 
@@ -680,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
 
     specs = [line_spec(n, a.quick) for n in names]
     results: dict[str, Any] = {
-        "command": " ".join([os.path.basename(sys.executable), os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]),
+        "command": " ".join(["python", os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
         "load_avg_start": list(os.getloadavg()), "settings": vars(a) | {"child": None}, "lines": {}}
     t0 = time.perf_counter()
@@ -695,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         results["matmul_peak"] = {"jax_tflops_start": peaks[0].get("jax_tflops"),
                                   "torch_tflops_start": peaks[1].get("torch_tflops")}
         peak = peaks[0]["jax_tflops"] * 1e12
-        log(f"matmul peak (float32 2048^2): jax {peaks[0]['jax_tflops'] * 1e3:.0f} GFLOP/s, "
+        log(f"matmul peak at the start (float32 2048^2): jax {peaks[0]['jax_tflops'] * 1e3:.0f} GFLOP/s, "
             f"torch {peaks[1]['torch_tflops'] * 1e3:.0f} GFLOP/s")
         for spec in specs:
             name = spec["line"]
@@ -715,10 +744,13 @@ def main(argv: list[str] | None = None) -> int:
                      "unit": UNIT[spec["family"]], "spec": spec,
                      "ours": summarize(runs["ours"], ex), "peer": summarize(runs["peer"], ex)}
             if "error" not in entry["ours"] and "error" not in entry["peer"]:
+                line_peak = max(entry["ours"]["matmul_tflops"], default=peak / 1e12) * 1e12
+                entry["mfu_peak_tflops"] = line_peak / 1e12
+                entry["torch_matmul_tflops_max"] = max(entry["peer"]["matmul_tflops"], default=None)
                 for side in ("ours", "peer"):
                     fl = model_flops(spec, side, prep)
                     entry[side]["model_tflops_per_call"] = fl / 1e12
-                    entry[side]["mfu"] = fl / entry[side]["step_s_median"] / peak
+                    entry[side]["mfu"] = fl / entry[side]["step_s_median"] / line_peak
                 entry["ratio"] = entry["ours"]["examples_per_s"] / entry["peer"]["examples_per_s"]
                 entry["round_ratios"] = [po / o for o, po in zip(entry["ours"]["round_medians_s"],
                                                                    entry["peer"]["round_medians_s"])]
@@ -743,8 +775,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{results['date']}, load average at start {results['load_avg_start'][0]:.1f} / end "
           f"{results['load_avg_end'][0]:.1f}, matmul peak jax "
-          f"{results['matmul_peak']['jax_tflops_start'] * 1e3:.0f} GFLOP/s (MFU denominator), torch "
-          f"{results['matmul_peak']['torch_tflops_start'] * 1e3:.0f} GFLOP/s\n")
+          f"{results['matmul_peak']['jax_tflops_start'] * 1e3:.0f} GFLOP/s at the start (each line's MFU uses the "
+          f"peak measured around its own steps), torch {results['matmul_peak']['torch_tflops_start'] * 1e3:.0f} "
+          "GFLOP/s\n")
     print(table(results))
     return 0
 
