@@ -84,6 +84,13 @@ def test_job_config_loads_without_jax_and_builds_student_configs(tmp_path):
         job.validate_run_config(dataclasses.replace(cfg, students=(job.StudentSpec("a", "x.py", twin_of="b"),)))
     with pytest.raises(ConfigError, match="unknown config key"):
         job.load_run_config(None, ["training.stepz=3"])
+    picked = job.load_run_config(None, ["students=splade_mse_flops, colbert_margin_mse", "training.steps=3"])
+    assert [s.name for s in picked.students] == ["splade_mse_flops", "colbert_margin_mse"]
+    assert picked.training.steps == 3
+    with pytest.raises(ConfigError, match="defines colbert_margin_mse, colbert_infonce"):
+        job.load_run_config(None, ["students=colbert"])
+    with pytest.raises(ConfigError, match="twin_of"):  # a twin without the student it mirrors
+        job.load_run_config(None, ["students=colbert_infonce"])
 
 
 def test_workdir_refuses_another_config(tmp_path):

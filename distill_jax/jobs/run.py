@@ -296,11 +296,34 @@ def load_run_config(path: str | None = None, overrides: list[str] | tuple[str, .
         if not isinstance(cfg, RunConfig):
             raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}; `distill-jax run` needs a "
                               "RunConfig (student recipes go in its `students`, not on the command line)")
+    rest = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "students":
+            cfg = select_students(cfg, value)
+        else:
+            rest.append(item)
     try:
-        cfg = apply_overrides(cfg, list(overrides))
+        cfg = apply_overrides(cfg, rest)
     except (KeyError, ValueError) as e:
         raise ConfigError(str(e).strip("'\"")) from None
     return validate_run_config(cfg)
+
+
+def select_students(cfg: RunConfig, names: str) -> RunConfig:
+    """``--set students=a,b``: keeps the config's students of those names, in that order (a twin needs the
+    student it mirrors).
+
+    Raises:
+      ConfigError: a name the config does not define (the known names are listed).
+    """
+    by_name = {s.name: s for s in cfg.students}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown or not wanted:
+        raise ConfigError(f"--set students={names}: unknown student(s) {unknown or names!r}; this config defines "
+                          f"{', '.join(by_name)} (a comma-separated subset)")
+    return dataclasses.replace(cfg, students=tuple(by_name[n] for n in wanted))
 
 
 def default_recipes_dir() -> str:
