@@ -76,11 +76,45 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """The objective: one registered loss plus optional sparsity regularisers.
+class ObjectiveConfig:
+    """One weighted term of a run's loss (``LossConfig.objectives``).
 
     Attributes:
-      name: a loss registered in ``distill_jax.registry.losses`` ("margin_mse", "mse", "kl", "infonce", ...).
+      name: an objective of ``distill_jax.train.objectives`` ("mlm", "simcse", "embedding_alignment") or any
+        score loss of ``distill_jax.registry.losses`` ("margin_mse", "kl", "infonce", ...), which acts on the
+        student's [B, N] scores against the teacher's.
+      weight: its factor in the total loss.
+      inputs: the token group it reads: "query" or "docs" for the representation objectives (mlm, simcse,
+        embedding_alignment); ignored by score losses.
+      hp: keyword hyper-parameters of the objective (e.g. ``{"temperature": 0.05}``, ``{"probability": 0.15}``).
+      label: the metric name of its value, ``loss_<label>`` (default: the name; must be unique in a run).
+    """
+
+    name: str
+    weight: float = 1.0
+    inputs: str = ""
+    hp: dict = dataclasses.field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+def _coerce_items(owner, field: str, cls) -> None:
+    """Turns dict items of a tuple field into ``cls`` instances (configs read from JSON or ``--set``)."""
+    items = getattr(owner, field)
+    items = (items,) if isinstance(items, (dict, cls)) else tuple(items)
+    object.__setattr__(owner, field, tuple(from_dict(x, cls) if isinstance(x, dict) else x for x in items))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The objective: one registered loss plus optional sparsity regularisers, and further weighted objectives.
+
+    Attributes:
+      name: a loss registered in ``distill_jax.registry.losses`` ("margin_mse", "mse", "kl", "infonce", ...),
+        weight 1 ("" = none: the run's loss is the ``objectives`` list alone).
       hp: keyword hyper-parameters passed to the loss (e.g. ``{"temperature": 1.0}``).
       in_batch: also score every query against every document of the GLOBAL batch and pass the [B, B*N] matrix
         to the loss as ``in_batch_scores`` (in-batch negatives; used by "infonce").
@@ -88,6 +122,8 @@ class LossConfig:
         applied to SPLADE query / document representations.
       lambda_q, lambda_d: their final weights.
       reg_warmup_steps: the weights grow quadratically from 0 to lambda over this many steps.
+      objectives: further :class:`ObjectiveConfig` terms added to the loss (multi-task: MLM on masked tokens,
+        SimCSE on query embeddings, ...); each declares what it needs and the step computes only that.
     """
 
     name: str = "margin_mse"
@@ -98,6 +134,16 @@ class LossConfig:
     lambda_q: float = 0.0
     lambda_d: float = 0.0
     reg_warmup_steps: int = 0
+    objectives: tuple = ()
+
+    def __post_init__(self):
+        _coerce_items(self, "objectives", ObjectiveConfig)
+
+    def terms(self) -> tuple[ObjectiveConfig, ...]:
+        """Every weighted term: the main loss ``name`` (weight 1, if set) followed by ``objectives``."""
+        hp = {**self.hp, "in_batch": True} if self.in_batch else dict(self.hp)
+        main = (ObjectiveConfig(self.name, 1.0, "", hp, "main"),) if self.name else ()
+        return main + self.objectives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +288,40 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """The online teacher: a frozen cross-encoder run inside the train step on the batch's (query, passage) pairs
+    (under ``stop_gradient``), whose scores replace the dataset's: no answer key needed.
+
+    Attributes:
+      online: run the teacher in the step (False: teacher scores come from the data, the default).
+      model: the teacher model; ``model.checkpoint`` is a Hugging Face / exported cross-encoder directory or a
+        ``distill-jax train`` work directory (its best, else latest, checkpoint); "" = randomly initialised from
+        ``seed`` with the geometry given (tests and smoke runs only). ``model.dtype="bfloat16"`` computes (and
+        stores the frozen parameters) in bfloat16.
+      seed: initialisation seed of a teacher without checkpoint.
+    """
+
+    online: bool = False
+    model: ModelConfig = ModelConfig(kind="cross_encoder", dropout=0.0)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """One student of a multi-student run (``TrainConfig.students``): its own model, loss and optimiser.
+
+    Attributes:
+      name: the student's key in the parameters, optimiser state, checkpoint and metrics (``<name>/loss``).
+      model, loss, optim: as the run's own fields.
+    """
+
+    name: str
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A whole training run.
 
@@ -253,6 +333,9 @@ class TrainConfig:
       log_every: write metrics every this many steps.
       tensorboard: also write TensorBoard events.
       progress: show a tqdm progress bar.
+      teacher: the online teacher (:class:`TeacherConfig`; offline scores when ``teacher.online`` is False).
+      students: several students trained in the same step from the same batch (:class:`StudentConfig`); empty =
+        the one student of ``model`` / ``loss`` / ``optim``.
     """
 
     name: str = "run"
@@ -269,6 +352,19 @@ class TrainConfig:
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    students: tuple = ()
+
+    def __post_init__(self):
+        _coerce_items(self, "students", StudentConfig)
+
+    def student_configs(self) -> tuple[tuple[str, "TrainConfig"], ...]:
+        """(name, single-student config) per student: ``students`` each as the run's model, loss and optim, or
+        ``(("", self),)`` for a one-student run."""
+        if not self.students:
+            return (("", self),)
+        return tuple((s.name, dataclasses.replace(self, model=s.model, loss=s.loss, optim=s.optim, students=()))
+                     for s in self.students)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,6 +407,29 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                          f"{cfg.model.kind!r}; clear them or train a SPLADE student")
     if cfg.loss.in_batch and cfg.model.kind == "cross_encoder":
         raise ConfigError("loss.in_batch needs independent query/document encoders; a cross-encoder scores pairs only")
+    if cfg.students:
+        names = [st.name for st in cfg.students]
+        if len(set(names)) != len(names) or not all(names) or any("/" in n for n in names):
+            raise ConfigError(f"students have names {names}; give each a distinct non-empty name without '/'")
+        if cfg.eval.every_steps:
+            raise ConfigError("eval.every_steps with several students: validate each exported student instead "
+                              "(distill-jax evaluate), or set eval.every_steps=0")
+        for _, single in cfg.student_configs():
+            validate(single)
+    terms = cfg.loss.terms()
+    if not terms and not cfg.students:
+        raise ConfigError("the loss has no term: set loss.name or list loss.objectives")
+    keys = [t.key for t in terms]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"loss objectives have repeated labels {keys}; set ObjectiveConfig.label")
+    for t in terms:
+        if t.inputs not in ("", "query", "docs"):
+            raise ConfigError(f"objective {t.name!r} inputs = {t.inputs!r}; use 'query' or 'docs'")
+    if cfg.teacher.online:
+        _choice(cfg.teacher.model.kind, ("cross_encoder",), "teacher.model.kind")
+        _choice(cfg.teacher.model.dtype, DTYPES, "teacher.model.dtype")
+        if cfg.model.kind == "cross_encoder" and not cfg.students:
+            raise ConfigError("teacher.online with a cross_encoder student: train the teacher offline instead")
     if cfg.data.source == "dataset" and not cfg.data.dataset_dir:
         raise ConfigError("data.dataset_dir is empty: point it at a teacher-score dataset "
                          "(--set data.dataset_dir=PATH) or use --set data.source=synthetic")
@@ -431,20 +550,30 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def tiny_model(model: ModelConfig, dropout: float = 0.1) -> ModelConfig:
+    """``model`` as a tiny random encoder (2 layers, hidden 32, vocabulary 512): its kind and head options kept."""
+    return dataclasses.replace(model, checkpoint="", vocab_size=512, hidden_size=32, num_layers=2, num_heads=4,
+                               intermediate_size=64, max_position_embeddings=128, dropout=dropout, colbert_dim=16,
+                               splade_chunk_size=0, dtype="float32", remat=False)
+
+
 def tiny_variant(cfg: TrainConfig, **changes) -> TrainConfig:
     """The same recipe on a tiny random encoder (2 layers, hidden 32) and synthetic data: seconds on a CPU.
 
     Keeps the recipe's kind, loss and regularisers; shrinks model, data, schedule and checkpoint intervals.
     """
-    model = dataclasses.replace(cfg.model, checkpoint="", vocab_size=512, hidden_size=32, num_layers=2,
-                                num_heads=4, intermediate_size=64, max_position_embeddings=128, dropout=0.1,
-                                colbert_dim=16, splade_chunk_size=0, dtype="float32", remat=False)
+    model = tiny_model(cfg.model)
     data = dataclasses.replace(cfg.data, source="synthetic", batch_size=8, n_candidates=4, query_maxlen=8,
                                doc_maxlen=16, pair_maxlen=24)
     optim = dataclasses.replace(cfg.optim, learning_rate=1e-3, warmup_steps=5)
     loss = dataclasses.replace(cfg.loss, reg_warmup_steps=min(cfg.loss.reg_warmup_steps, 10))
+    teacher = dataclasses.replace(cfg.teacher, model=tiny_model(cfg.teacher.model, dropout=0.0))
+    students = tuple(dataclasses.replace(st, model=tiny_model(st.model), optim=dataclasses.replace(
+        st.optim, learning_rate=1e-3, warmup_steps=5), loss=dataclasses.replace(
+            st.loss, reg_warmup_steps=min(st.loss.reg_warmup_steps, 10))) for st in cfg.students)
     tiny = dataclasses.replace(cfg, name=cfg.name + "_tiny", workdir=cfg.workdir + "_tiny", steps=20, log_every=5,
                                model=model, data=data, optim=optim, loss=loss, tensorboard=False, progress=False,
+                               teacher=teacher, students=students,
                                checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=10, async_save=False),
                                eval=dataclasses.replace(cfg.eval, every_steps=0))
     return dataclasses.replace(tiny, **changes)

@@ -90,6 +90,12 @@ def _apply(model, params, inputs: dict[str, Array], rng: Array | None, salt: int
                        rngs={"dropout": jax.random.fold_in(rng, salt)})
 
 
+def apply(model, params, inputs: dict[str, Array], rng: Array | None = None, salt: int = 0) -> Array:
+    """One encoder call of a kind's model on a token group (``rng``: dropout on, stream ``salt``): what the
+    forwards run, public for the objectives that encode a group on their own (SimCSE's two views)."""
+    return _apply(model, params, inputs, rng, salt)
+
+
 def _score_mask(tokens: dict[str, Array]) -> Array:
     return tokens.get("score_mask", tokens["attention_mask"])
 
@@ -212,5 +218,5 @@ def forward(kind: str, model, params, batch: dict[str, Any], rng: Array | None =
     return get(kind).forward(model, params, batch, rng=rng, in_batch=in_batch)
 
 
-__all__ = ["Forward", "TokenSpec", "LAYOUTS", "Kind", "KINDS", "get", "forward", "colbert_config", "colbert_forward", "vector_forward",
+__all__ = ["Forward", "TokenSpec", "LAYOUTS", "Kind", "KINDS", "get", "forward", "apply", "colbert_config", "colbert_forward", "vector_forward",
            "cross_encoder_forward"]

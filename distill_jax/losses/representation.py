@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from distill_jax.losses.listwise import infonce
 from distill_jax.losses.masking import masked_mean
 
 IGNORE_INDEX = -100  # the Hugging Face label value for "no loss here"
@@ -63,3 +64,47 @@ def mlm(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> 
     target = jnp.clip(jnp.where(valid, labels, 0), 0, logits.shape[-1] - 1)
     nll = -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]
     return masked_mean(nll, valid)
+
+
+def mask_tokens(rng: jax.Array, input_ids: jax.Array, maskable: jax.Array, *, probability: float = 0.15,
+                mask_token_id: int = 103) -> tuple[jax.Array, jax.Array]:
+    """BERT-style masking for :func:`mlm`: each maskable position is replaced by ``mask_token_id`` with
+    ``probability`` (all selected positions become [MASK]; no random-token or keep-as-is share).
+
+    Args:
+      rng: PRNG key (the masks are a pure function of it, whatever the sharding).
+      input_ids: [..., L] int token ids.
+      maskable: [..., L] bool, positions that may be masked (real text tokens: not padding or special tokens).
+      probability: chance of each maskable position being masked.
+      mask_token_id: the tokenizer's [MASK] id.
+    Returns:
+      (masked input ids [..., L], labels [..., L]: the original id where masked, ``IGNORE_INDEX`` elsewhere).
+    """
+    chosen = jax.random.bernoulli(rng, probability, jnp.shape(input_ids)) & maskable
+    masked = jnp.where(chosen, jnp.asarray(mask_token_id, input_ids.dtype), input_ids)
+    return masked, jnp.where(chosen, input_ids, IGNORE_INDEX)
+
+
+def simcse(first: jax.Array, second: jax.Array, mask: jax.Array | None = None, *,
+           temperature: float = 0.05) -> jax.Array:
+    """Unsupervised SimCSE (Gao, Yao & Chen 2021, arXiv:2104.08821): two views of each text (two dropout
+    passes) are positives, the other texts of the batch negatives; InfoNCE over cosine similarities / T.
+
+    Args:
+      first, second: [B, D] embeddings of the same B texts under two dropout masks.
+      mask: optional [B] real rows (padding rows are neither anchors nor negatives).
+      temperature: T (the paper's 0.05).
+    Returns:
+      scalar, mean over real rows.
+    """
+    if jnp.shape(first) != jnp.shape(second) or jnp.ndim(first) != 2:
+        raise ValueError(f"simcse: both views must be [B, D], got {jnp.shape(first)} and {jnp.shape(second)}")
+    rows = (jnp.ones(first.shape[:1], bool) if mask is None
+            else jnp.broadcast_to(jnp.asarray(mask) != 0, first.shape[:1]))
+    unit = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-24))  # noqa: E731
+    dtype = jnp.promote_types(first.dtype, jnp.float32)  # float32 at least (float64 in x64 tests)
+    a, b = unit(first.astype(dtype)), unit(second.astype(dtype))
+    sim = a @ b.T  # [B, B]: row i's positive on the diagonal
+    others = ~jnp.eye(len(rows), dtype=bool) & rows[None, :]
+    return infonce(jnp.diagonal(sim)[:, None], None, rows[:, None], temperature=temperature,
+                   in_batch_scores=sim, in_batch_mask=others)

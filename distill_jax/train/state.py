@@ -9,7 +9,8 @@ where it lives: no host-side copy of the full model on any device.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -20,7 +21,7 @@ import optax
 
 from distill_jax import distributed, kinds
 from distill_jax.config import ModelConfig, OptimConfig, TrainConfig
-from distill_jax.models import EncoderConfig, build_model, dummy_batch, load_pretrained
+from distill_jax.models import EncoderConfig, build_model, dummy_batch, init_params, load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -197,3 +198,96 @@ def _check_same_tree(abstract: Any, params: Any) -> None:
 
 def count_params(params: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several students in one state
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Students(NamedTuple):
+    """What the step and the loop need of a run's students: one each for a one-student run, dicts by student
+    name for ``cfg.students`` (one parameter set and optimiser state each, in ONE :class:`TrainState`, so they
+    are checkpointed together)."""
+
+    model: Any
+    tx: Any
+    schedule: Any
+    state: TrainState
+    shardings: TrainState
+    vocab_size: int
+
+
+def create_students(cfg: TrainConfig, mesh) -> Students:
+    """Builds every student of ``cfg`` (:meth:`TrainConfig.student_configs`) with its own optimiser, born sharded.
+
+    Every student starts from ``cfg.seed`` exactly as it would alone (same initialisation, same dropout key), so
+    a multi-student run equals its students' single runs.
+
+    Raises:
+      ValueError: students whose vocabularies differ (they read one batch, tokenised once).
+    """
+    built = {}
+    for name, sub in cfg.student_configs():
+        model, enc, pretrained = make_model(sub)
+        tx = make_optimizer(sub.optim, cfg.steps)
+        state, shardings = create_state(model, tx, mesh, cfg.seed, pretrained)
+        built[name] = (model, tx, learning_rate_schedule(sub.optim, cfg.steps), state, shardings, enc.vocab_size)
+    if not cfg.students:
+        return Students(*built[""])
+    vocab = {name: b[5] for name, b in built.items()}
+    if len(set(vocab.values())) != 1:
+        raise ValueError(f"students have vocabularies of different sizes {vocab}: they share one tokenised batch, "
+                         "so they need the same tokenizer")
+    pick = lambda i: {name: b[i] for name, b in built.items()}  # noqa: E731
+
+    def merged(states):
+        first = next(iter(states.values()))
+        return first.replace(params={n: s.params for n, s in states.items()},
+                             opt_state={n: s.opt_state for n, s in states.items()})
+
+    return Students(pick(0), pick(1), pick(2), merged(pick(3)), merged(pick(4)), next(iter(vocab.values())))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The online teacher: frozen, sharded, never in the train state
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Teacher(NamedTuple):
+    """A frozen teacher for the step: ``kind``, ``model``, ``params`` (device arrays, placed with
+    ``shardings``, in the teacher's dtype) and ``shardings`` (from its logical axis names, like a student's)."""
+
+    kind: str
+    model: nn.Module
+    params: Any
+    shardings: Any
+
+
+def make_teacher(cfg: TrainConfig, mesh) -> Teacher:
+    """Loads ``cfg.teacher`` onto the mesh: a ``distill-jax train`` work directory (its best, else latest,
+    checkpoint: ``train-teacher`` output), an exported / Hugging Face cross-encoder directory, or (no checkpoint)
+    a random initialisation from ``teacher.seed`` with the geometry of ``teacher.model``. In bfloat16 the frozen
+    parameters are stored in bfloat16 too (no master copy is needed for parameters that never change)."""
+    from distill_jax.train.checkpoint import restore_params
+
+    t = cfg.teacher.model
+    dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
+    if not t.checkpoint:
+        log.warning("teacher.model.checkpoint is empty: the online teacher is randomly initialised (seed %d)",
+                    cfg.teacher.seed)
+        model = build_model(t.kind, encoder_config(t), dtype=dtype)
+        params = init_params(model, jax.random.key(cfg.teacher.seed), INIT_LENGTH)
+    elif os.path.isdir(os.path.join(t.checkpoint, "checkpoints")):
+        params, step, saved = restore_params(t.checkpoint)
+        if saved.model.kind != t.kind:
+            raise ValueError(f"teacher checkpoint {t.checkpoint} holds a {saved.model.kind}, not a {t.kind}")
+        model = build_model(t.kind, encoder_config(saved.model), dtype=dtype)
+        log.info("online teacher: %s step %d", t.checkpoint, step)
+    else:
+        model, params = load_pretrained(t.kind, t.checkpoint, dtype=dtype)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(INIT_LENGTH, 1))["params"])
+    shardings = distributed.logical_shardings(nn.get_partition_spec(boxed), mesh)
+    _check_same_tree(nn.unbox(boxed), params)
+    params = jax.device_put(jax.tree.map(lambda x: np.asarray(x).astype(dtype), params), shardings)
+    return Teacher(t.kind, model, params, shardings)

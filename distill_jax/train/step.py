@@ -5,11 +5,13 @@ keeps the shardings it was born with (replicated parameters, or "embed" over "fs
 donated. Gradients are averaged over the whole global batch by construction (the loss is a mean over it; XLA
 inserts the all-reduce), which is what a ``pmap`` step with ``lax.pmean`` computes.
 
-Inside the step: student forward (:mod:`distill_jax.kinds`) -> registered loss (+ SPLADE regularisers with
-their quadratic warm-up) -> gradients (optionally accumulated over micro-batches with ``lax.scan``) -> optax update,
+Inside the step: [online teacher scores the batch's pairs] -> student forward (:mod:`distill_jax.kinds`) ->
+weighted objectives (:mod:`distill_jax.train.objectives`; + SPLADE regularisers with their quadratic warm-up)
+-> gradients (optionally accumulated over micro-batches with ``lax.scan``) -> optax update,
 applied only when loss and gradient norm are finite. Metrics come back as replicated float32 scalars, plus the
 student's [B, N] scores of the batch (``scores``), from which the host computes rank agreement with the teacher
-(:func:`distill_jax.train.metrics.spearman_per_query`) outside the compiled step.
+(:func:`distill_jax.train.metrics.spearman_per_query`) outside the compiled step. Several students
+(``cfg.students``) each take their own step inside the one compiled program.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import distill_jax.losses  # noqa: F401  (registers the loss zoo and regularisers)
 from distill_jax import distributed
 from distill_jax.config import TrainConfig
-from distill_jax.losses import in_batch_negative_mask, sparsity_stats, splade_regularization_terms
-from distill_jax.registry import losses as LOSSES, regularizers as REGULARIZERS
+from distill_jax.losses import sparsity_stats, splade_regularization_terms
+from distill_jax.registry import regularizers as REGULARIZERS
 from distill_jax.kinds import get as get_kind
-from distill_jax.train.state import TrainState
+from distill_jax.train import objectives
+from distill_jax.train.state import Teacher, TrainState
 
 Array = jax.Array
 
@@ -47,15 +50,19 @@ def _real_tokens(attention_mask: Array, weight: Array) -> Array:
 
 
 def make_loss_fn(model, cfg: TrainConfig) -> Callable:
-    """``loss_fn(params, batch, rng, step) -> (loss, (means, sums, scores))`` for the configured kind, loss and
-    regularisers.
+    """``loss_fn(params, batch, rng, step) -> (loss, (means, sums, scores))`` for the configured kind, objectives
+    and regularisers.
 
-    ``rng=None`` runs deterministically (evaluation). ``means`` are averages over the batch's real queries (loss
-    parts, sparsity); ``sums`` are counts (examples, tokens); ``scores`` the student's [B, N] scores.
+    The loss is ``sum_i weight_i * objective_i`` over ``cfg.loss.terms()`` (:mod:`distill_jax.train.objectives`;
+    the main loss is ``loss_main``, the others ``loss_<label>``), plus SPLADE's regularisers. ``rng=None`` runs
+    deterministically (evaluation). ``means`` are averages over the batch's real queries (loss parts, sparsity);
+    ``sums`` are counts (examples, tokens); ``scores`` the student's [B, N] scores (zeros when no objective
+    needed them).
     """
     kind, lc = get_kind(cfg.model.kind), cfg.loss
-    loss = LOSSES.get(lc.name)
-    hp = dict(lc.hp)
+    terms = [(t, objectives.get(t.name)) for t in lc.terms()]
+    objectives.check_terms([t for t, _ in terms], kind)
+    in_batch = objectives.wants_in_batch([t for t, _ in terms])
     for name in (lc.regularizer_q, lc.regularizer_d):  # unknown names fail here, not inside the trace
         if name:
             REGULARIZERS.get(name)
@@ -63,32 +70,32 @@ def make_loss_fn(model, cfg: TrainConfig) -> Callable:
     def loss_fn(params, batch, rng, step):
         weight = batch["weight"].astype(jnp.float32)  # [B]: 0 = padding example
         mask = batch["mask"].astype(jnp.float32) * weight[:, None]  # [B, N]
-        teacher = batch["teacher_scores"].astype(jnp.float32)
-        out = kind.forward(model, params, batch, rng=rng, in_batch=lc.in_batch)
-        kwargs = dict(hp)
-        if lc.in_batch:
-            kwargs["in_batch_scores"] = out.in_batch
-            kwargs["in_batch_mask"] = in_batch_negative_mask(mask, mask.shape[0])
-        main = loss(out.scores, teacher, mask, **kwargs)
-        total = main
-        means = {"loss_main": main}
-        if kind.sparse:  # SPLADE: sparsity of the real queries and candidates, and the regularisers
+        products = objectives.Products(kind, model, params, batch, rng, mask, weight, in_batch)
+        total, means = None, {}
+        for term, objective in terms:
+            value = objective.fn(products, term)
+            means[f"loss_{term.key}"] = value
+            weighted = value if term.weight == 1.0 else term.weight * value
+            total = weighted if total is None else total + weighted
+        if kind.sparse and (products.has_forward or lc.regularizer_q or lc.regularizer_d):
+            out = products.forward()  # SPLADE: sparsity of the real queries and candidates, and the regularisers
             d_flat = out.doc_reps.reshape(-1, out.doc_reps.shape[-1])
             d_rows = mask.reshape(-1)
             means["nnz_query"] = sparsity_stats(out.query_reps, weight)
             means["nnz_doc"] = sparsity_stats(d_flat, d_rows)
-            terms = splade_regularization_terms(
+            terms_reg = splade_regularization_terms(
                 out.query_reps, d_flat, step, lambda_query=lc.lambda_q, lambda_doc=lc.lambda_d,
                 warmup_steps=lc.reg_warmup_steps, query_mask=weight, doc_mask=d_rows,
                 query_regularizer=lc.regularizer_q or None, doc_regularizer=lc.regularizer_d or None)
             for side in ("query", "doc"):
-                if f"reg_{side}" in terms:
-                    total = total + terms[f"lambda_{side}"] * terms[f"reg_{side}"]
-            means.update(terms)
+                if f"reg_{side}" in terms_reg:
+                    total = total + terms_reg[f"lambda_{side}"] * terms_reg[f"reg_{side}"]
+            means.update(terms_reg)
         means["loss"] = total
         tokens = sum(_real_tokens(batch[g]["attention_mask"], weight) for g in kind.groups)
         sums = {"examples": jnp.sum(weight), "tokens": tokens}
-        return total, (means, sums, out.scores)
+        scores = products.forward().scores if products.has_forward else jnp.zeros_like(mask)
+        return total, (means, sums, scores)
 
     return loss_fn
 
@@ -107,9 +114,9 @@ def _split_micro(x: Array, k: int, mesh) -> Array:
     return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, P(None, distributed.BATCH_AXES)))
 
 
-def make_step_fn(model, cfg: TrainConfig, tx: optax.GradientTransformation,
-                 schedule: optax.Schedule | None = None, mesh=None) -> Callable:
-    """The pure (un-jitted) ``train_step(state, batch) -> (state, metrics)``: float32 scalars, and ``scores``
+def student_step_fn(model, cfg: TrainConfig, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule | None = None, mesh=None) -> Callable:
+    """The pure step of ONE student, ``(state, batch) -> (state, metrics)``: float32 scalars, and ``scores``
     [B, N] (the student's scores of the batch's candidates)."""
     loss_fn = make_loss_fn(model, cfg)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -142,8 +149,6 @@ def make_step_fn(model, cfg: TrainConfig, tx: optax.GradientTransformation,
         return means["loss"], means, s, scores, jax.tree.map(lambda a: a / w, g)
 
     def train_step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, Array]]:
-        train_step.traces += 1  # Python runs only while jax traces: one trace per compiled shape
-        batch = {n: v for n, v in batch.items() if n not in HOST_ONLY_KEYS}
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         loss, means, sums, scores, grads = gradients(state.params, batch, key, state.step)
         grad_norm = optax.tree.norm(grads)
@@ -162,16 +167,92 @@ def make_step_fn(model, cfg: TrainConfig, tx: optax.GradientTransformation,
         metrics = {n: jnp.asarray(v, jnp.float32) for n, v in metrics.items()}
         return new_state, {**metrics, "scores": scores.astype(jnp.float32)}
 
+    return train_step
+
+
+def student_batch(batch: dict[str, Any], name: str, kind_name: str) -> dict[str, Any]:
+    """Student ``name``'s view of a multi-student batch: its own token groups (``<name>/query``, ...) where the
+    batch has them (students with different tokenisation layouts), else the shared ones; the rest in common."""
+    groups = get_kind(kind_name).groups
+    view = {k: v for k, v in batch.items() if "/" not in k}
+    view.update({g: batch[f"{name}/{g}"] for g in groups if f"{name}/{g}" in batch})
+    return view
+
+
+def multi_student_step_fn(models: dict, cfg: TrainConfig, txs: dict, schedules: dict | None = None,
+                          mesh=None) -> Callable:
+    """Several students in one step from the same batch: each student's own step (:func:`student_step_fn`) on its
+    own parameters and optimiser state (``state.params[name]``, ``state.opt_state[name]``), so the result is the
+    single-student steps run separately, in one compiled program. Metrics are ``<name>/<metric>`` plus the sums
+    ``loss`` and ``tokens``, the total ``grad_norm`` and ``nonfinite`` (any student); a student's non-finite
+    update is skipped for that student alone."""
+    steps = {name: student_step_fn(models[name], sub, txs[name], (schedules or {}).get(name), mesh)
+             for name, sub in cfg.student_configs()}
+    kind_of = {name: sub.model.kind for name, sub in cfg.student_configs()}
+
+    def train_step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, Array]]:
+        params, opt_state, metrics = {}, {}, {}
+        for name, step in steps.items():
+            sub = state.replace(params=state.params[name], opt_state=state.opt_state[name])
+            new, m = step(sub, student_batch(batch, name, kind_of[name]))
+            params[name], opt_state[name] = new.params, new.opt_state
+            metrics.update({f"{name}/{k}": v for k, v in m.items()})
+        names = list(steps)
+        nonfinite = jnp.max(jnp.stack([metrics[f"{n}/nonfinite"] for n in names]))
+        skipped = state.skipped + (nonfinite > 0).astype(jnp.int32)
+        metrics.update(loss=sum(metrics[f"{n}/loss"] for n in names),
+                       tokens=sum(metrics[f"{n}/tokens"] for n in names),
+                       examples=metrics[f"{names[0]}/examples"], nonfinite=nonfinite,
+                       grad_norm=jnp.sqrt(sum(metrics[f"{n}/grad_norm"] ** 2 for n in names)),
+                       skipped=skipped.astype(jnp.float32))
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, skipped=skipped), metrics
+
+    return train_step
+
+
+def teacher_scores(teacher: Teacher, params, batch: dict[str, Any]) -> Array:
+    """The online teacher's [B, N] float32 scores of the batch's ``teacher_pairs`` (deterministic, no gradient)."""
+    out = get_kind(teacher.kind).forward(teacher.model, params, {"pairs": batch["teacher_pairs"]})
+    return jax.lax.stop_gradient(out.scores.astype(jnp.float32))
+
+
+def make_step_fn(model, cfg: TrainConfig, tx, schedule=None, mesh=None, teacher: Teacher | None = None
+                 ) -> Callable:
+    """The pure (un-jitted) ``train_step(state, batch[, teacher_params]) -> (state, metrics)``.
+
+    ``model``, ``tx``, ``schedule``: one each, or dicts by student name when ``cfg.students`` is set
+    (:func:`multi_student_step_fn`). With ``teacher`` (online distillation) the step takes the teacher's frozen
+    parameters as a third argument, scores the batch's (query, passage) pairs with them and uses those scores as
+    ``teacher_scores`` (also returned as the metric ``teacher_scores`` [B, N]); the teacher is never
+    differentiated.
+    """
+    if cfg.students:
+        inner = multi_student_step_fn(model, cfg, tx, schedule, mesh)
+    else:
+        inner = student_step_fn(model, cfg, tx, schedule, mesh)
+
+    def train_step(state: TrainState, batch: dict[str, Any], teacher_params=None):
+        train_step.traces += 1  # Python runs only while jax traces: one trace per compiled shape
+        batch = {n: v for n, v in batch.items() if n not in HOST_ONLY_KEYS}
+        if teacher is None:
+            return inner(state, batch)
+        scores = teacher_scores(teacher, teacher_params, batch)
+        batch = {**{n: v for n, v in batch.items() if n != "teacher_pairs"}, "teacher_scores": scores}
+        new_state, metrics = inner(state, batch)
+        return new_state, {**metrics, "teacher_scores": scores}
+
     train_step.traces = 0
     return train_step
 
 
-def compile_train_step(model, cfg: TrainConfig, tx: optax.GradientTransformation, mesh,
-                       shardings: TrainState, schedule: optax.Schedule | None = None, donate: bool = True):
-    """``jax.jit`` of the step with explicit shardings: state as born, batch over the batch axes, metrics
-    replicated; the input state is donated (its buffers are reused for the new state). The jitted function's
-    ``__wrapped__.traces`` counts its compilations."""
-    step = make_step_fn(model, cfg, tx, schedule, mesh)
-    return jax.jit(step, in_shardings=(shardings, distributed.batch_sharding(mesh)),
-                   out_shardings=(shardings, distributed.replicated(mesh)),
+def compile_train_step(model, cfg: TrainConfig, tx, mesh, shardings: TrainState, schedule=None,
+                       donate: bool = True, teacher: Teacher | None = None):
+    """``jax.jit`` of the step with explicit shardings: state as born, batch over the batch axes, the online
+    teacher's parameters with their own shardings, metrics replicated; the input state is donated (its buffers
+    are reused for the new state). The jitted function's ``__wrapped__.traces`` counts its compilations."""
+    step = make_step_fn(model, cfg, tx, schedule, mesh, teacher)
+    in_shardings = (shardings, distributed.batch_sharding(mesh))
+    if teacher is not None:
+        in_shardings += (teacher.shardings,)
+    return jax.jit(step, in_shardings=in_shardings, out_shardings=(shardings, distributed.replicated(mesh)),
                    donate_argnums=(0,) if donate else ())

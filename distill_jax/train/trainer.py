@@ -1,4 +1,5 @@
-"""The training loop, top to bottom: setup, mesh, data, model + optimiser, step, checkpoint, eval, loop.
+"""The training loop, top to bottom: setup, mesh, model(s) + optimiser(s) (+ online teacher), data, step,
+checkpoint, eval, loop.
 
     distill-jax train configs/colbert_margin_mse.py --set workdir=runs/colbert data.dataset_dir=...
 
@@ -73,7 +74,7 @@ def train(cfg: TrainConfig, mesh=None, validator: Callable | None = None) -> dic
     from distill_jax import distributed
     from distill_jax.train import checkpoint as ckpt_lib
     from distill_jax.train import state as state_lib
-    from distill_jax.data.pipeline import loader_for
+    from distill_jax.train.batches import loader_for_run
     from distill_jax.train.metrics import MetricWriter, batch_spearman
     from distill_jax.train.step import HOST_ONLY_KEYS, compile_train_step
 
@@ -84,18 +85,19 @@ def train(cfg: TrainConfig, mesh=None, validator: Callable | None = None) -> dic
     mesh = mesh or distributed.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     distributed.check_batch_divisibility(cfg.data.batch_size, mesh, cfg.optim.grad_accum)
 
-    # --- model + optimiser, state born sharded ------------------------------------------------------------------
-    model, enc, pretrained = state_lib.make_model(cfg)
-    schedule = state_lib.learning_rate_schedule(cfg.optim, cfg.steps)
-    tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
-    state, shardings = state_lib.create_state(model, tx, mesh, cfg.seed, pretrained)
-    del pretrained
+    # --- model(s) + optimiser(s), state born sharded; the online teacher beside it --------------------------------
+    students = state_lib.create_students(cfg, mesh)
+    model, tx, schedule, state, shardings = students[:5]
+    teacher = state_lib.make_teacher(cfg, mesh) if cfg.teacher.online else None
+    teacher_args = () if teacher is None else (teacher.params,)
     if primary:
-        log.info("%s: %s student, %.1fM parameters, mesh %s", cfg.name, cfg.model.kind,
-                 state_lib.count_params(state.params) / 1e6, dict(mesh.shape))
+        log.info("%s: %s student(s), %.1fM parameters, mesh %s%s", cfg.name,
+                 "+".join(sub.model.kind for _, sub in cfg.student_configs()),
+                 state_lib.count_params(state.params) / 1e6, dict(mesh.shape),
+                 f", online {teacher.kind} teacher" if teacher else "")
 
     # --- data --------------------------------------------------------------------------------------------------
-    loader = loader_for(cfg, enc.vocab_size)
+    loader = loader_for_run(cfg, students.vocab_size, teacher and teacher.model.cfg.vocab_size)
 
     # --- checkpoints: resume from the work directory -----------------------------------------------------------
     os.makedirs(cfg.workdir, exist_ok=True)
@@ -112,7 +114,7 @@ def train(cfg: TrainConfig, mesh=None, validator: Callable | None = None) -> dic
             json.dump(to_dict(cfg), f, indent=1)
 
     # --- step, validation, metrics -----------------------------------------------------------------------------
-    train_step = compile_train_step(model, cfg, tx, mesh, shardings, schedule)
+    train_step = compile_train_step(model, cfg, tx, mesh, shardings, schedule, teacher=teacher)
     if cfg.eval.every_steps and validator is None:
         raise ConfigError("eval.every_steps is set but no validator was given: pass "
                           "validator=distill_jax.eval.rerank.validator to train(), or set eval.every_steps=0")
@@ -130,10 +132,14 @@ def train(cfg: TrainConfig, mesh=None, validator: Callable | None = None) -> dic
         late, so fetching the metrics of step t overlaps the device running step t+1."""
         nonlocal t_window, last
         fetched = jax.device_get(metrics)
-        scores = np.asarray(fetched.pop("scores"))
-        m = {k: float(v) for k, v in fetched.items()}
         rows = len(batch["weight"])  # this host's queries: its block of the global batch
-        m["spearman"], _ = batch_spearman(scores[jax.process_index() * rows:][:rows], batch)
+        mine = lambda x: np.asarray(x)[jax.process_index() * rows:][:rows]  # noqa: E731
+        arrays = {k: mine(fetched.pop(k)) for k in list(fetched) if np.ndim(fetched[k])}  # [B, N] scores
+        if "teacher_scores" in arrays:  # online: rank agreement with the teacher of this step
+            batch = {**batch, "teacher_scores": arrays.pop("teacher_scores")}
+        m = {k: float(v) for k, v in fetched.items()}
+        for k, scores in arrays.items():  # "scores", or "<student>/scores"
+            m[k[:-len("scores")] + "spearman"], _ = batch_spearman(scores, batch)
         losses[step_done] = m["loss"]
         if m["nonfinite"] and cfg.optim.nonfinite == "raise":
             ckpt.wait()
@@ -162,10 +168,11 @@ def train(cfg: TrainConfig, mesh=None, validator: Callable | None = None) -> dic
     try:
         while step < cfg.steps:
             batch = next(loader)
-            if step == start and primary:
-                check_mse_targets(cfg, batch)
+            if step == start and primary and "teacher_scores" in batch:
+                for _, sub in cfg.student_configs():
+                    check_mse_targets(sub, batch)
             device_batch = {k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}
-            state, metrics = train_step(state, distributed.global_batch(device_batch, mesh))
+            state, metrics = train_step(state, distributed.global_batch(device_batch, mesh), *teacher_args)
             step += 1
             if pending is not None:
                 consume(*pending)
