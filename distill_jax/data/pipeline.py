@@ -43,6 +43,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from distill_jax import kinds
+from distill_jax.config import ConfigError
 from distill_jax.data.collections import DataError, TextTable
 from distill_jax.data.scores import BadInputPolicy, RecordChecker, TeacherScoreDataset, load_teacher_scores
 
@@ -363,17 +364,39 @@ class LoaderIterator:
         """Resumes at a saved position.
 
         Raises:
-          ValueError: naming the first field (seed, process_count, fingerprint, ...) that differs.
+          ConfigError (a ValueError): naming the first setting (seed, process count, dataset, batch size, ...) that
+          differs from the one the position was saved with, the config field that sets it, and the fix.
         """
         for field, value in self.loader.state_fields().items():
             if field not in state:
-                raise ValueError(f"loader state has no field {field!r}: it was not saved by this loader")
+                raise ConfigError(f"the saved data position has no {field!r}: it was not written by this loader "
+                                  f"(or by an older version); {_FIX}")
             if state[field] != value:
-                raise ValueError(f"loader state mismatch in field {field!r}: saved {state[field]!r}, this "
-                                 f"loader has {value!r}; restore with the same data settings (or start the "
-                                 "data afresh)")
+                what = STATE_FIELDS.get(field, field)
+                saved, now = state[field], value
+                if field == "fingerprint":
+                    saved, now = f"{str(saved)[:12]}...", f"{str(now)[:12]}..."
+                raise ConfigError(f"data position mismatch in field {field!r}: saved {saved!r}, this run has "
+                                  f"{now!r} (set by {what}); a saved position means nothing with other data "
+                                  f"settings. {_FIX}")
         self._it.set_state(state["grain"])
         self.step = int(state["step"])
+
+
+# the config field (or cause) behind each setting a saved data position depends on
+STATE_FIELDS = {
+    "seed": "data.seed",
+    "process_count": "the number of processes, JAX_NUM_PROCESSES",
+    "process_index": "this process's JAX_PROCESS_ID",
+    "fingerprint": "the teacher-score dataset: data.dataset_dir, or its shards were rewritten",
+    "batch_size": "data.batch_size",
+    "num_candidates": "data.n_candidates",
+    "sampling": "data.sampling",
+    "shuffle": "shuffling",
+    "num_examples": "the usable records: data.bad_records, data.empty_docs, data.collection_dir",
+}
+_FIX = ("Resume with the settings the run was started with (its work directory's config.json), or train these "
+        "settings in a new workdir")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -416,10 +439,40 @@ def loader_for(cfg, vocab_size: int):
                               teacher_combine=d.teacher_combine, teacher_column=d.teacher_column,
                               policy=BadInputPolicy(d.bad_records, d.max_skip_fraction), pretokenize=d.pretokenize,
                               token_cache_dir=d.token_cache_dir, num_threads=d.num_threads, prefetch=d.prefetch)
+    check_vocabulary(tok, vocab_size, tokenizer_path(cfg), cfg.model.kind)
     loader = TrainLoader(d.dataset_dir, TextTable.from_collection(collection), collection.queries, tok, loader_cfg)
-    for name, table in (("passages", loader.doc_tokens), ("queries", loader.query_tokens)):
-        if table is not None and len(table.ids):
-            check_token_ids(np.asarray(table.ids).reshape(1, -1), vocab_size, f"{name} token table")
-    if not loader_cfg.pretokenize:
-        check_token_ids(np.arange(len(tok)).reshape(1, -1), vocab_size, "tokenizer vocabulary")
+    try:
+        for name, table in (("passages", loader.doc_tokens), ("queries", loader.query_tokens)):
+            if table is not None and len(table.ids):
+                check_token_ids(np.asarray(table.ids).reshape(1, -1), vocab_size, f"{name} token table")
+        if not loader_cfg.pretokenize:
+            check_token_ids(np.arange(len(tok)).reshape(1, -1), vocab_size, "tokenizer vocabulary")
+    except ValueError as e:
+        raise ConfigError(f"{e} (tokenizer {tokenizer_path(cfg)}; the model's rows come from model.checkpoint "
+                          "or model.vocab_size)") from e
     return iter(loader)
+
+
+def check_vocabulary(tok, vocab_size: int, where: str, model_kind: str) -> None:
+    """The tokenizer fits the model's embedding table: every special id the batches frame texts with ([CLS],
+    [SEP], [PAD], and [MASK] for ColBERT queries) is a row of it, and the tokenizer has no more ids than it has
+    rows. A jitted lookup clamps an out-of-range id silently, training on the wrong row.
+
+    Raises:
+      ConfigError: naming the token or the two sizes, the tokenizer directory and the config fields.
+    """
+    from distill_jax.data import tokenize as tk
+
+    lay = tk.layout(tok)
+    fix = ("use the tokenizer saved with the model (data.tokenizer, default: model.checkpoint's), or a model "
+           "whose vocabulary matches (model.checkpoint, model.vocab_size)")
+    specials = {"[CLS]": lay.cls, "[SEP]": lay.sep, "[PAD]": lay.pad}
+    if kinds.get(model_kind).layout == "colbert":
+        specials["[MASK]"] = lay.mask
+    for name, i in specials.items():
+        if i is not None and not 0 <= i < vocab_size:
+            raise ConfigError(f"tokenizer {where}: special token {name} has id {i}, outside the model's {vocab_size} "
+                              f"embedding rows; {fix}")
+    if lay.vocab_size > vocab_size:
+        raise ConfigError(f"tokenizer {where} has {lay.vocab_size} token ids but the model embeds {vocab_size}: "
+                          f"ids from {vocab_size} up would be clamped to the last row; {fix}")
