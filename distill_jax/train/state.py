@@ -22,6 +22,7 @@ import optax
 from distill_jax import distributed, kinds
 from distill_jax.config import ModelConfig, OptimConfig, TrainConfig
 from distill_jax.models import EncoderConfig, build_model, dummy_batch, init_params, load_pretrained
+from distill_jax.models.hf import resolve_checkpoint_dir, transformer_dir
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,9 @@ def make_teacher(cfg: TrainConfig, mesh) -> Teacher:
         params, step, saved = restore_params(t.checkpoint)
         if saved.model.kind != t.kind:
             raise ValueError(f"teacher checkpoint {t.checkpoint} holds a {saved.model.kind}, not a {t.kind}")
-        model = build_model(t.kind, encoder_config(saved.model), dtype=dtype)
+        enc = (EncoderConfig.from_pretrained_dir(transformer_dir(resolve_checkpoint_dir(saved.model.checkpoint)))
+               if saved.model.checkpoint else encoder_config(saved.model))  # the geometry it was trained with
+        model = build_model(t.kind, enc, dtype=dtype)
         log.info("online teacher: %s step %d", t.checkpoint, step)
     else:
         model, params = load_pretrained(t.kind, t.checkpoint, dtype=dtype)
