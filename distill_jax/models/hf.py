@@ -66,25 +66,46 @@ def encoder_table(cfg: EncoderConfig, prefix: Path = ("encoder",)) -> list[Entry
     return rows
 
 
+# The one projection of a kind that has one (a bias-free linear map): its HF name, also the key a
+# sentence-transformers Dense module's weight is read under (Stanford HF_ColBERT / PyLate 1_Dense: "linear").
+PROJECTION = {"colbert": "linear", "dense": "projection"}
+
+
+def _classifier_heads(projection: bool) -> list[Entry]:
+    """BertForSequenceClassification. Pooler and classifier are separate heads: a plain BertModel (e.g.
+    all-MiniLM-L6-v2) has the pooler only."""
+    return _linear(("pooler",), "pooler.dense", head="pooler") + _linear(("classifier",), "classifier",
+                                                                          head="classifier")
+
+
+def _projection_head(kind: str, always: bool):
+    """The bias-free projection (``PROJECTION[kind]``), always (ColBERT) or when the model has one (dense)."""
+    name = PROJECTION[kind]
+    return lambda projection: (_linear((name,), name, head="projection", bias=False) if always or projection
+                               else [])
+
+
+def _mlm_heads(projection: bool) -> list[Entry]:
+    """BertForMaskedLM's transform and vocabulary bias (the decoder weight is tied to the word embeddings)."""
+    return (_linear(("transform_dense",), "cls.predictions.transform.dense", head="mlm")
+            + _norm(("transform_LayerNorm",), "cls.predictions.transform.LayerNorm", head="mlm")
+            + [Entry(("bias",), "cls.predictions.bias", head="mlm")])
+
+
+# Each kind's parameters beyond the encoder: ``projection -> [Entry]``.
+HEADS = {
+    "cross_encoder": _classifier_heads,
+    "colbert": _projection_head("colbert", always=True),
+    "splade": _mlm_heads,
+    "dense": _projection_head("dense", always=False),
+}
+
+
 def param_table(kind: str, cfg: EncoderConfig, projection: bool = False) -> list[Entry]:
     """Every parameter of a model kind. ``projection``: the dense student has a projection layer."""
-    rows = encoder_table(cfg)
-    if kind == "cross_encoder":  # BertForSequenceClassification
-        # Pooler and classifier are separate heads: a plain BertModel (e.g. all-MiniLM-L6-v2) has the pooler only.
-        rows += _linear(("pooler",), "pooler.dense", head="pooler")
-        rows += _linear(("classifier",), "classifier", head="classifier")
-    elif kind == "colbert":  # Stanford HF_ColBERT / PyLate 1_Dense
-        rows += _linear(("linear",), "linear", head="projection", bias=False)
-    elif kind == "splade":  # BertForMaskedLM (decoder weight tied to the word embeddings)
-        rows += _linear(("transform_dense",), "cls.predictions.transform.dense", head="mlm")
-        rows += _norm(("transform_LayerNorm",), "cls.predictions.transform.LayerNorm", head="mlm")
-        rows.append(Entry(("bias",), "cls.predictions.bias", head="mlm"))
-    elif kind == "dense":
-        if projection:
-            rows += _linear(("projection",), "projection", head="projection", bias=False)
-    else:
+    if kind not in HEADS:
         raise ValueError(f"unknown model kind {kind!r}")
-    return rows
+    return encoder_table(cfg) + HEADS[kind](projection)
 
 
 # HF keys that are expected in checkpoints but have no counterpart in a given model kind.
@@ -174,7 +195,7 @@ def read_state_dict(path: str, allow_pickle: bool = False, kind: str | None = No
             weight = _read_weights(folder, allow_pickle)
             if "linear.weight" not in weight:
                 raise ValueError(f"{folder} holds {sorted(weight)[:4]}, not the Dense module's linear.weight")
-            state["projection.weight" if kind == "dense" else "linear.weight"] = weight["linear.weight"]
+            state[PROJECTION.get(kind, "linear") + ".weight"] = weight["linear.weight"]
     return {k: np.asarray(v, np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v)
             for k, v in state.items()}
 
@@ -251,19 +272,28 @@ def serving_options(kind: str, path: str) -> dict[str, Any]:
         file.
     """
     modules = read_modules(path)
-    if modules is None or kind not in ("colbert", "dense"):
+    read = _SERVING_OPTIONS.get(kind)
+    if modules is None or read is None:
         return {}
     dense = [m for m in modules if _module_type(m).endswith("Dense")]
     out_features = None
     if dense:
         out_features = int(_read_json(os.path.join(path, dense[0].get("path", ""), "config.json"))["out_features"])
-    if kind == "dense":
-        out: dict[str, Any] = {"normalize": any(_module_type(m).endswith("Normalize") for m in modules),
-                               "projection_dim": out_features or 0}
-        for m in modules:
-            if _module_type(m).endswith("Pooling"):
-                out["pooling"] = _pooling_mode(os.path.join(path, m.get("path", ""), "config.json"))
-        return out
+    return read(path, modules, out_features)
+
+
+def _dense_options(path: str, modules: list[dict], out_features: int | None) -> dict[str, Any]:
+    """A SentenceTransformer's Pooling / Dense / Normalize modules -> the dense student's head options."""
+    out: dict[str, Any] = {"normalize": any(_module_type(m).endswith("Normalize") for m in modules),
+                           "projection_dim": out_features or 0}
+    for m in modules:
+        if _module_type(m).endswith("Pooling"):
+            out["pooling"] = _pooling_mode(os.path.join(path, m.get("path", ""), "config.json"))
+    return out
+
+
+def _colbert_options(path: str, modules: list[dict], out_features: int | None) -> dict[str, Any]:
+    """A PyLate directory's ColBERT settings -> ``{"colbert": ColBERTConfig}`` ({} for a non-ColBERT layout)."""
     from distill_jax.models.colbert import ColBERTConfig
 
     file = os.path.join(path, "config_sentence_transformers.json")
@@ -285,6 +315,10 @@ def serving_options(kind: str, path: str) -> dict[str, Any]:
                         attend_to_expansion_tokens=bool(st.get("attend_to_expansion_tokens", False)),
                         mask_punctuation=bool(skip))
     return {"colbert": cfg}
+
+
+# The kinds whose serving directory states build options: ``(path, modules, Dense out_features) -> options``.
+_SERVING_OPTIONS = {"colbert": _colbert_options, "dense": _dense_options}
 
 
 def merge_options(stated: dict[str, Any], given: dict[str, Any], source: str) -> dict[str, Any]:
@@ -408,7 +442,7 @@ def import_params(kind: str, cfg: EncoderConfig, state: dict[str, np.ndarray], f
     for head in heads_missing:
         log.warning("%s has no %s head (%s); it is freshly initialised", source, head,
                     ", ".join(heads_missing[head][:3]))
-    if kind == "splade" and "mlm" in heads_missing:
+    if "mlm" in heads_missing:  # SPLADE's head (only its table has one)
         # A random MLM head makes SPLADE dense (nearly every term active) with huge scores; start lexical instead.
         from distill_jax.models.splade import FRESH_HEAD_SCALE, FRESH_HEAD_Z, lexical_mlm_head
 
