@@ -35,10 +35,11 @@ import os
 import shutil
 import string
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from distill_jax import kinds
 from distill_jax.models.colbert import ColBERTConfig
 from distill_jax.models.encoder import EncoderConfig
 from distill_jax.models.hf import export_state_dict
@@ -46,12 +47,6 @@ from distill_jax.models.hf import export_state_dict
 FORMATS = ("native", "transformers")
 MARKER = "distill_jax_export.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-ARCHITECTURES = {
-    "cross_encoder": "BertForSequenceClassification",
-    "splade": "BertForMaskedLM",
-    "dense": "BertModel",
-    "colbert": "BertModel",
-}
 IDENTITY = "torch.nn.modules.linear.Identity"
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 
@@ -91,8 +86,6 @@ class ServingSpec:
 def serving_spec(cfg) -> ServingSpec:
     """The :class:`ServingSpec` of a run's ``TrainConfig`` (model options as :mod:`distill_jax.kinds` builds
     them)."""
-    from distill_jax import kinds
-
     m, d = cfg.model, cfg.data
     options = kinds.get(m.kind).model_options(m, d)
     return ServingSpec(kind=m.kind, query_maxlen=d.query_maxlen, doc_maxlen=d.doc_maxlen,
@@ -183,14 +176,12 @@ def save_native(spec: ServingSpec, enc: EncoderConfig, params: dict[str, Any], o
         raise ValueError("a native export needs a tokenizer and the run names none (data.tokenizer and "
                          "model.checkpoint are empty): pass tokenizer=DIR (CLI: --tokenizer DIR)")
     vocab = _check_tokenizer(tokenizer_dir, enc)
-    writer = {"colbert": _write_colbert, "splade": _write_sparse_encoder, "cross_encoder": _write_cross_encoder,
-              "dense": _write_sentence_transformer}[spec.kind]
-
-    pooler = _base_pooler(base_dir, enc) if base_dir and spec.kind in ("colbert", "dense") else {}
+    layout = serving(spec.kind)
+    pooler = _base_pooler(base_dir, enc) if base_dir and layout.base_pooler else {}
 
     def write(tmp: str) -> None:
-        writer(tmp, spec, enc, _to_numpy(params), vocab, pooler)
-        _copy_tokenizer(tokenizer_dir, tmp, spec.pair_maxlen if spec.kind == "cross_encoder" else None)
+        layout.write(tmp, spec, enc, _to_numpy(params), vocab, pooler)
+        _copy_tokenizer(tokenizer_dir, tmp, spec.pair_maxlen if layout.pairs else None)
         _write_readme(tmp, spec, provenance or {})
 
     return _publish(out_dir, write, {"kind": spec.kind, "format": "native", **(provenance or {})}, workdir)
@@ -208,13 +199,14 @@ def save_pretrained(kind: str, cfg: EncoderConfig, params: dict[str, Any], out_d
       ``out_dir``.
     """
 
+    layout = serving(kind)
+
     def write(tmp: str) -> None:
         p = _to_numpy(params)
-        prefix = "" if kind == "dense" else "bert."  # ColBERT: Stanford's HF_ColBERT names (bert.*, linear)
-        state = export_state_dict(kind, cfg, p, prefix=prefix, projection="projection" in p)
+        state = export_state_dict(kind, cfg, p, prefix=layout.prefix, projection="projection" in p)
         _save_safetensors(os.path.join(tmp, "model.safetensors"), state)
-        extra = {"architectures": ["HF_ColBERT" if kind == "colbert" else ARCHITECTURES[kind]]}
-        if kind == "cross_encoder":
+        extra = {"architectures": [layout.pretrained_architecture or layout.architecture]}
+        if layout.pairs:
             extra |= _classifier_config(activation)
         _write_json(os.path.join(tmp, "config.json"), cfg.to_hf_dict() | extra)
         if tokenizer_dir:
@@ -245,9 +237,9 @@ def _write_colbert(d: str, spec: ServingSpec, enc: EncoderConfig, params: dict, 
         if marker not in vocab:
             raise ValueError(f"ColBERT marker {marker!r} is not a token of the tokenizer; PyLate would add it as "
                              "a new token with an untrained embedding: export with the run's tokenizer")
-    state = export_state_dict("colbert", enc, params, prefix="")
+    state = export_state_dict(spec.kind, enc, params, prefix="")
     linear = state.pop("linear.weight")  # [D, H]
-    _write_transformer(d, enc, state | pooler, "colbert", c.doc_maxlen)
+    _write_transformer(d, enc, state | pooler, spec, c.doc_maxlen)
     _write_modules(d, [("", "sentence_transformers.models.Transformer"), ("1_Dense", "pylate.models.Dense.Dense")])
     _write_dense_module(os.path.join(d, "1_Dense"), linear, pylate=True)
     skiplist = [ch for ch in string.punctuation if ch in vocab] if c.mask_punctuation else []
@@ -269,8 +261,8 @@ def _write_colbert(d: str, spec: ServingSpec, enc: EncoderConfig, params: dict, 
 def _write_sparse_encoder(d: str, spec: ServingSpec, enc: EncoderConfig, params: dict, vocab: dict,
                           pooler: dict) -> None:
     """sentence-transformers ``SparseEncoder``: MLMTransformer (``BertForMaskedLM``) + SpladePooling(max, relu)."""
-    state = export_state_dict("splade", enc, params, prefix="bert.")  # decoder tied to the word embeddings
-    _write_transformer(d, enc, state, "splade", spec.doc_maxlen)
+    state = export_state_dict(spec.kind, enc, params, prefix="bert.")  # decoder tied to the word embeddings
+    _write_transformer(d, enc, state, spec, spec.doc_maxlen)
     _write_modules(d, [("", "sentence_transformers.sparse_encoder.models.MLMTransformer"),
                        ("1_SpladePooling", "sentence_transformers.sparse_encoder.models.SpladePooling")])
     _write_json(os.path.join(d, "1_SpladePooling", "config.json"),
@@ -285,18 +277,18 @@ def _write_cross_encoder(d: str, spec: ServingSpec, enc: EncoderConfig, params: 
                          pooler: dict) -> None:
     """sentence-transformers ``CrossEncoder``: a ``BertForSequenceClassification`` directory (``num_labels=1``)
     whose ``config.json`` names the score activation; its max length is the tokenizer's ``model_max_length``."""
-    state = export_state_dict("cross_encoder", enc, params, prefix="bert.")
+    state = export_state_dict(spec.kind, enc, params, prefix="bert.")
     _save_safetensors(os.path.join(d, "model.safetensors"), state)
-    hf = enc.to_hf_dict() | {"architectures": [ARCHITECTURES["cross_encoder"]]}
+    hf = enc.to_hf_dict() | {"architectures": [serving(spec.kind).architecture]}
     _write_json(os.path.join(d, "config.json"), hf | _classifier_config(spec.activation))
 
 
 def _write_sentence_transformer(d: str, spec: ServingSpec, enc: EncoderConfig, params: dict, vocab: dict,
                                 pooler: dict) -> None:
     """``SentenceTransformer``: Transformer + Pooling (cls / mean) [+ Dense projection] [+ Normalize]."""
-    state = export_state_dict("dense", enc, params, prefix="", projection=bool(spec.projection_dim))
+    state = export_state_dict(spec.kind, enc, params, prefix="", projection=bool(spec.projection_dim))
     projection = state.pop("projection.weight", None)  # [P, H]
-    _write_transformer(d, enc, state | pooler, "dense", spec.doc_maxlen)
+    _write_transformer(d, enc, state | pooler, spec, spec.doc_maxlen)
     modules = [("", "sentence_transformers.models.Transformer"),
                ("1_Pooling", "sentence_transformers.models.Pooling")]
     _write_json(os.path.join(d, "1_Pooling", "config.json"), {
@@ -326,11 +318,13 @@ def _write_sentence_transformer(d: str, spec: ServingSpec, enc: EncoderConfig, p
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _write_transformer(d: str, enc: EncoderConfig, state: dict[str, np.ndarray], kind: str, max_seq_length: int):
-    """The root transformer of a sentence-transformers directory: weights, ``config.json``,
-    ``sentence_bert_config.json``."""
+def _write_transformer(d: str, enc: EncoderConfig, state: dict[str, np.ndarray], spec: ServingSpec,
+                       max_seq_length: int):
+    """The root transformer of a sentence-transformers directory: weights, ``config.json`` (the architecture of
+    ``spec.kind``'s layout), ``sentence_bert_config.json``."""
     _save_safetensors(os.path.join(d, "model.safetensors"), state)
-    _write_json(os.path.join(d, "config.json"), enc.to_hf_dict() | {"architectures": [ARCHITECTURES[kind]]})
+    _write_json(os.path.join(d, "config.json"),
+                enc.to_hf_dict() | {"architectures": [serving(spec.kind).architecture]})
     _write_json(os.path.join(d, "sentence_bert_config.json"),
                 {"max_seq_length": int(max_seq_length), "do_lower_case": False})
 
@@ -412,23 +406,12 @@ def _copy_tokenizer(src: str, dst: str, model_max_length: int | None) -> None:
         _write_json(cfg_path, cfg | {"model_max_length": int(model_max_length)})
 
 
-_LOADERS = {
-    "colbert": ("from pylate import models", "model = models.ColBERT(model_name_or_path=DIR)",
-                "q = model.encode(queries, is_query=True); d = model.encode(docs, is_query=False)"),
-    "splade": ("from sentence_transformers import SparseEncoder", "model = SparseEncoder(DIR)",
-               "q = model.encode_query(queries); d = model.encode_document(docs)"),
-    "cross_encoder": ("from sentence_transformers import CrossEncoder", "model = CrossEncoder(DIR)",
-                      "scores = model.predict([(query, passage), ...])"),
-    "dense": ("from sentence_transformers import SentenceTransformer", "model = SentenceTransformer(DIR)",
-              "q = model.encode(queries); d = model.encode(docs)"),
-}
-
-
 def _write_readme(d: str, spec: ServingSpec, provenance: dict[str, Any]) -> None:
-    imp, load, use = _LOADERS[spec.kind]
-    lengths = (f"pairs of {spec.pair_maxlen} tokens" if spec.kind == "cross_encoder"
+    layout = serving(spec.kind)
+    imp, load, use = layout.loader
+    lengths = (f"pairs of {spec.pair_maxlen} tokens" if layout.pairs
                else f"queries {spec.query_maxlen} / documents {spec.doc_maxlen} tokens")
-    note = ("" if spec.kind in ("colbert", "cross_encoder") else
+    note = ("" if not layout.one_length else
             f"\nsentence-transformers has one max_seq_length ({spec.doc_maxlen}, the document length) for both "
             f"sides; to truncate queries as in training set `model.max_seq_length = {spec.query_maxlen}` before "
             "encoding them.\n")
@@ -452,6 +435,66 @@ def _to_numpy(tree):
     if isinstance(tree, dict) or hasattr(tree, "items"):
         return {k: _to_numpy(v) for k, v in tree.items()}
     return np.asarray(tree, np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The serving layouts (``Kind.serving`` names one)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """How a model kind is served: its native layout and its plain transformers directory.
+
+    Attributes:
+      write: the native writer ``(dir, spec, enc, params, vocab, pooler)``.
+      architecture: the transformers class of the (root) ``config.json`` the native layout writes.
+      loader: (import, load, use) lines of the README's snippet (``DIR`` is the directory).
+      pretrained_architecture: the ``config.json`` class of the plain transformers format, when it is not
+        ``architecture`` (ColBERT: Stanford's ``HF_ColBERT``).
+      prefix: the encoder's key prefix in the plain transformers format.
+      base_pooler: the root is a ``BertModel`` whose pooler the student neither uses nor trains: its weights are
+        copied from the base checkpoint so that ``AutoModel`` finds every weight.
+      pairs: the model scores (query, passage) pairs: one pair length (the tokenizer's ``model_max_length``) and a
+        classifier ``config.json`` with the score activation.
+      one_length: the serving library has one ``max_seq_length`` for queries and documents (the README says how
+        to truncate queries as in training).
+    """
+
+    write: Callable[..., None]
+    architecture: str
+    loader: tuple[str, str, str]
+    pretrained_architecture: str | None = None
+    prefix: str = "bert."
+    base_pooler: bool = False
+    pairs: bool = False
+    one_length: bool = False
+
+
+SERVING: dict[str, Serving] = {
+    "pylate": Serving(
+        _write_colbert, "BertModel",
+        ("from pylate import models", "model = models.ColBERT(model_name_or_path=DIR)",
+         "q = model.encode(queries, is_query=True); d = model.encode(docs, is_query=False)"),
+        pretrained_architecture="HF_ColBERT", base_pooler=True),  # Stanford's HF_ColBERT names (bert.*, linear)
+    "sparse_encoder": Serving(
+        _write_sparse_encoder, "BertForMaskedLM",
+        ("from sentence_transformers import SparseEncoder", "model = SparseEncoder(DIR)",
+         "q = model.encode_query(queries); d = model.encode_document(docs)"), one_length=True),
+    "cross_encoder": Serving(
+        _write_cross_encoder, "BertForSequenceClassification",
+        ("from sentence_transformers import CrossEncoder", "model = CrossEncoder(DIR)",
+         "scores = model.predict([(query, passage), ...])"), pairs=True),
+    "sentence_transformer": Serving(
+        _write_sentence_transformer, "BertModel",
+        ("from sentence_transformers import SentenceTransformer", "model = SentenceTransformer(DIR)",
+         "q = model.encode(queries); d = model.encode(docs)"), prefix="", base_pooler=True, one_length=True),
+}
+
+
+def serving(kind: str) -> Serving:
+    """The serving layout of model ``kind`` (its ``Kind.serving``)."""
+    return SERVING[kinds.get(kind).serving]
 
 
 # ---------------------------------------------------------------------------------------------------------------

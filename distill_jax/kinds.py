@@ -11,7 +11,12 @@ vectors a regulariser needs (SPLADE). Under ``jax.jit`` over GLOBAL arrays (see 
 batch axis is the global batch, however many devices hold it: in-batch negatives see the candidates of every
 device and batch statistics (the FLOPS mean) are global, so results do not depend on the device count.
 
-Adding a kind touches this module and :mod:`distill_jax.models` only. The kind names are also listed, jax-free, in
+Each kind also names how later stages treat it: ``index``, the corpus index it retrieves with
+(:data:`distill_jax.eval.retrieve.INDEXES`), and ``serving``, the layout it is exported in
+(:data:`distill_jax.export.SERVING`); they dispatch through these names, never on the kind's name.
+
+Adding a kind touches this module and :mod:`distill_jax.models` only (and eval / export only for a new index or
+serving layout). The kind names are also listed, jax-free, in
 :data:`distill_jax.config.STUDENT_KINDS` (configs load without jax).
 """
 
@@ -151,6 +156,11 @@ class Kind:
       nonnegative_scores: scores are dot products of non-negative vectors (SPLADE): pointwise targets below 0
         cannot be reached.
       sparse: the kind's vectors take SPLADE's sparsity regularisers.
+      index: the corpus index it retrieves with, a name in :data:`distill_jax.eval.retrieve.INDEXES` ("tokens":
+        a ColBERT token store and MaxSim, "sparse": a CSR matrix, "dense": one vector per text); None: it scores
+        given (query, passage) pairs only, so it reranks and cannot index a corpus.
+      serving: its native serving layout, a name in :data:`distill_jax.export.SERVING` (the library that loads
+        the exported directory).
     """
 
     name: str
@@ -159,6 +169,13 @@ class Kind:
     options: Callable[[Any, Any], dict] = lambda model_cfg, data_cfg: {}
     nonnegative_scores: bool = False
     sparse: bool = False
+    index: str | None = None
+    serving: str = ""
+
+    @property
+    def scores_pairs(self) -> bool:
+        """It scores (query, passage) pairs jointly (a cross-encoder) instead of encoding each side alone."""
+        return self.layout == "pairs"
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -192,15 +209,16 @@ def colbert_config(model_cfg, data_cfg) -> ColBERTConfig:
 
 
 KINDS: dict[str, Kind] = {
-    "cross_encoder": Kind("cross_encoder", "pairs", cross_encoder_forward),
+    "cross_encoder": Kind("cross_encoder", "pairs", cross_encoder_forward, serving="cross_encoder"),
     "colbert": Kind("colbert", "colbert", colbert_forward,
-                    options=lambda m, d: {"colbert": colbert_config(m, d)}),
+                    options=lambda m, d: {"colbert": colbert_config(m, d)}, index="tokens", serving="pylate"),
     "splade": Kind("splade", "text", vector_forward, options=lambda m, d: {"chunk_size": m.splade_chunk_size,
                                          "argmax_head": m.splade_argmax_head},
-                   nonnegative_scores=True, sparse=True),
+                   nonnegative_scores=True, sparse=True, index="sparse", serving="sparse_encoder"),
     "dense": Kind("dense", "text", vector_forward,
                   options=lambda m, d: {"pooling": m.dense_pooling, "projection_dim": m.dense_projection_dim,
-                                        "normalize": m.dense_normalize}),
+                                        "normalize": m.dense_normalize},
+                  index="dense", serving="sentence_transformer"),
 }
 
 

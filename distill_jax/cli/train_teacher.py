@@ -8,6 +8,7 @@ import logging
 
 
 def main(argv: list[str]) -> int:
+    from distill_jax import kinds
     from distill_jax.config import ConfigError, load_config
     from distill_jax.jobs import train_teacher as job
 
@@ -22,7 +23,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_config(a.config, a.set)
-    if cfg.model.kind != "cross_encoder":
+    if not kinds.get(cfg.model.kind).scores_pairs:  # a teacher scores (query, passage) pairs
         raise ConfigError(f"train-teacher needs a cross_encoder config; {a.config} trains a {cfg.model.kind}")
     summary = job.train_teacher(cfg, a.holdout, a.k, a.eval_split, a.test_depth)
     print(json.dumps(summary, indent=1))

@@ -519,14 +519,13 @@ def load_index(directory: str) -> tuple[object, dict]:
         raise FileNotFoundError(f"{directory} holds no saved index (index.json)")
     with open(file) as f:
         meta = json.load(f)
-    kind = meta.pop("type")
-    if kind == "TokenStore":
-        return TokenStore.load(directory), meta
-    if kind == "SparseIndex":
-        return SparseIndex(sp.load_npz(os.path.join(directory, "docs.npz"))), meta
-    if kind == "DenseIndex":
-        return DenseIndex(np.load(os.path.join(directory, "vectors.npy"))), meta
-    raise ValueError(f"{file}: unknown index type {kind!r}")
+    readers = {"TokenStore": TokenStore.load,
+               "SparseIndex": lambda d: SparseIndex(sp.load_npz(os.path.join(d, "docs.npz"))),
+               "DenseIndex": lambda d: DenseIndex(np.load(os.path.join(d, "vectors.npy")))}
+    saved = meta.pop("type")
+    if saved not in readers:
+        raise ValueError(f"{file}: unknown index type {saved!r}")
+    return readers[saved](directory), meta
 
 
 __all__ = ["TokenStore", "IVFCandidates", "SparseIndex", "DenseIndex", "top_k", "merge_top_k", "quantize_int8",
