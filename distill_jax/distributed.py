@@ -1,4 +1,5 @@
-"""Devices and data placement: multi-host start-up, the ("data", "fsdp") mesh, logical-axis rules, global batches.
+"""Devices and data placement: multi-host start-up, the meshes (the global ("data", "fsdp") mesh of training, the
+1-D local mesh of work that needs no traffic between hosts), logical-axis rules, global batches.
 
 One code path for 1 CPU, 8 GPUs and a TPU pod: the train step is jitted over GLOBAL arrays whose leading (batch)
 axis is sharded over both mesh axes; parameters carry logical axis names ("vocab", "embed", "mlp", "heads") that
@@ -78,6 +79,12 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     # Auto axes: shardings are given at the jit boundary and XLA propagates them inside the step.
     return jax.make_mesh((data, fsdp), (DATA, FSDP), axis_types=(jax.sharding.AxisType.Auto,) * 2,
                          devices=devices)
+
+
+def local_mesh() -> Mesh:
+    """A 1-D ``("data",)`` mesh over this host's devices, for work that is embarrassingly parallel across hosts
+    (scoring pairs with the teacher, encoding texts for retrieval and validation): each host uses its own."""
+    return Mesh(np.asarray(jax.local_devices()), (DATA,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -5,6 +5,7 @@ fixed-length batch at a time with ``distill_jax.data.tokenize.encode_*`` (no len
 SPLADE FLOPS, hand-computed metric values.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -303,6 +304,26 @@ def test_rerank_bi_encoder_equals_retrieval_scores(corpus, colbert, dense, kind)
     for q in queries:
         assert [d for d, _ in run[q]] == [d for d, _ in full[q][:12]]
         np.testing.assert_allclose([s for _, s in run[q]], [s for _, s in full[q][:12]], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["colbert", "splade", "cross_encoder"])
+def test_reranker_called_with_params_equals_a_model_holding_them(corpus, enc, tok, kind):
+    """The validation path: a Reranker built once without params and called with each step's params scores
+    what a model holding those params scores (one compiled apply, parameters swapped)."""
+    ids, texts, queries = corpus
+    options = {"colbert": ColBERTConfig(dim=16, doc_maxlen=DOC_MAXLEN)} if kind == "colbert" else {}
+    a, b = _model(kind, enc, tok, seed=1, **options), _model(kind, enc, tok, seed=2, **options)
+    passages = dict(zip(ids, texts))
+    q_texts = list(queries.values())[:3]
+    cands = [ids[i:i + 5] for i in (0, 7, 30)]
+    blank = rt.Reranker(dataclasses.replace(a, params=None), q_texts, cands, passages.__getitem__, batch_size=8)
+    for rm in (a, b):
+        want = rt.Reranker(rm, q_texts, cands, passages.__getitem__, batch_size=8)()
+        got = blank(rm.params)
+        assert [len(g) for g in got] == [5, 5, 5]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    assert not np.allclose(blank(a.params)[0], blank(b.params)[0])  # the params really changed
 
 
 def test_cross_encoder_cannot_index(corpus, enc, tok):

@@ -12,6 +12,7 @@ positions. Padding rows of the last batch are copies of a real row and are dropp
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from distill_jax.distributed import local_mesh
 
 Batch = dict[str, np.ndarray]
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a model reads (not score_mask)
@@ -30,19 +33,23 @@ class ShardedApply:
     Args:
       model: a Flax module; ``model.apply({"params": params}, batch)`` -> [B, ...].
       params: its parameters (host or device arrays).
-      mesh: a 1-D ``("data",)`` mesh (default: this host's devices, ``teacher.scorer.local_mesh``: retrieval
-        needs no traffic between hosts).
+      mesh: a 1-D ``("data",)`` mesh (default: this host's devices, :func:`distill_jax.distributed.local_mesh`:
+        retrieval needs no traffic between hosts).
     """
 
     def __init__(self, model: Any, params: Any, mesh: Mesh | None = None):
-        from distill_jax.teacher.scorer import local_mesh
-
         self.mesh = local_mesh() if mesh is None else mesh
-        replicated = NamedSharding(self.mesh, P())
+        self._replicated = NamedSharding(self.mesh, P())
         self._rows = NamedSharding(self.mesh, P("data"))
-        self.params = jax.device_put(params, replicated)
+        self.params = jax.device_put(params, self._replicated)
         self._fn = jax.jit(lambda p, b: model.apply({"params": p}, b, deterministic=True),
-                           in_shardings=(replicated, self._rows), out_shardings=self._rows)
+                           in_shardings=(self._replicated, self._rows), out_shardings=self._rows)
+
+    def with_params(self, params: Any) -> ShardedApply:
+        """The same compiled apply with other parameters (validation during training: no recompile)."""
+        other = copy.copy(self)
+        other.params = jax.device_put(params, self._replicated)
+        return other
 
     @property
     def n_devices(self) -> int:

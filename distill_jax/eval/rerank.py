@@ -6,13 +6,14 @@ The BM25 index of a corpus is built once per process (:func:`bm25_index`, cached
 ``train-teacher`` run indexes SciFact once however many splits it ranks.
 
     task = rerank_task("../shared/data/scifact", "test", depth=100)
-    scorer = PairRerankScorer(task, model, tok, max_length=256)     # a cross-encoder
+    scorer = task_reranker(task, rm)                                 # rm: a RetrievalModel of any kind
     metrics = task.evaluate(scorer(params))                          # {"nDCG@10": ...}
 
-Scorers are built once per task (tokenisation once, one compile) and called with parameters: a cross-encoder
-through the answer-key engine (:class:`distill_jax.teacher.scorer.PairScorer`, the same code whether it validates
-a training run or reports an exported teacher, so both give the same number for the same parameters), a student
-through its kind's forward (:mod:`distill_jax.kinds`) over fixed-shape chunks of queries.
+The candidates are scored by :class:`distill_jax.eval.retrieve.Reranker`, the one reranking of the package, built
+once per task (tokenisation once, one compile) and called with parameters: a cross-encoder through the answer-key
+engine (:class:`distill_jax.teacher.scorer.PairScorer`, the same code whether it validates a training run or
+reports an exported teacher, so both give the same number for the same parameters), a student by encoding the
+union of the candidates once and scoring each query against its own, as retrieval does.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from distill_jax.data.candidates import Run, as_scores, candidates_from_run, sor
 from distill_jax.data.collections import Collection, load_collection
 from distill_jax.data.negatives import BM25Config, BM25Index
 from distill_jax.eval.metrics import DEFAULT_MEASURES, evaluate_run
+from distill_jax.eval.retrieve import Reranker, RetrievalModel, load_model
+from distill_jax.teacher.scorer import pair_buckets  # noqa: F401  (its callers import it from here too)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,91 +140,21 @@ def rerank_task(collection_dir: str, split: str = "test", depth: int = 100, max_
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Scorers
+# Scoring a task
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def pair_buckets(max_length: int) -> tuple[int, ...]:
-    """The padded lengths pairs are bucketed into: 64, 128, 192 below ``max_length``, then ``max_length``."""
-    return tuple(b for b in (64, 128, 192) if b < max_length) + (max_length,)
+def task_reranker(task: RerankTask, rm: RetrievalModel, batch_size: int = 32) -> Reranker:
+    """The :class:`~distill_jax.eval.retrieve.Reranker` of a task's candidates: ``scorer(params)`` -> one score
+    array per query of ``task.qids``, aligned with ``task.candidates`` (what :meth:`RerankTask.evaluate` takes)."""
+    return Reranker(rm, task.queries, task.candidates, task.collection.passage, batch_size)
 
 
-class PairRerankScorer:
-    """Cross-encoder scores of a task's (query, candidate) pairs: tokenised once, scored by the answer-key
-    engine (bucketed, sharded over this host's devices) with whatever parameters it is called with.
-
-    Args:
-      task: the candidates.
-      model: a ``CrossEncoder``; params: its parameters (the default for calls without params).
-      tok: its tokenizer; max_length: tokens per pair; batch_size: pairs per device call.
-    """
-
-    def __init__(self, task: RerankTask, model, params, tok, max_length: int = 256, batch_size: int = 128):
-        from distill_jax.data.tokenize import encode_pairs
-        from distill_jax.teacher.scorer import PairScorer
-
-        self.task = task
-        queries, texts = task.queries, task.texts()
-        q = [qt for qt, docs in zip(queries, texts) for _ in docs]
-        p = [d for docs in texts for d in docs]
-        self.tokens = encode_pairs(tok, q, p, max_length)
-        self.offsets = np.cumsum([0] + [len(d) for d in texts])
-        self.scorer = PairScorer(model, params, batch_size=batch_size, buckets=pair_buckets(max_length))
-
-    def __call__(self, params=None) -> list[np.ndarray]:
-        flat = self.scorer.score(self.tokens, params=params)
-        return [flat[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
-
-
-class StudentRerankScorer:
-    """A student's scores of a task's candidates through its kind's forward: tokenised once into fixed-shape
-    chunks of queries (the last chunk padded with real rows, so one compile), run jitted on ``mesh``.
-
-    Args:
-      task: the candidates; kind: the model kind's name; model: the student; tok: its tokenizer.
-      spec: the tokenisation (:class:`distill_jax.kinds.TokenSpec`); mesh: the device mesh.
-      batch_size: documents encoded per call, about (chunks of ``batch_size / depth`` queries).
-    """
-
-    def __init__(self, task: RerankTask, kind: str, model, tok, spec, mesh, batch_size: int = 64):
-        import jax
-
-        from distill_jax import distributed, kinds
-        from distill_jax.data.tokenize import encode_groups
-
-        self.task, self.mesh = task, mesh
-        n = task.depth
-        texts = task.texts()
-        flat = [(docs + [""] * (n - len(docs)))[:n] for docs in texts]
-        flat = [t if t else "[PAD]" for docs in flat for t in docs]  # empty slots: any text, masked below
-        self.batch = encode_groups(tok, spec, task.queries, flat)
-        self.counts = [len(d) for d in texts]
-        n_dev = mesh.devices.size
-        self.chunk = max(n_dev, (max(1, batch_size // n) + n_dev - 1) // n_dev * n_dev)
-        forward = kinds.get(kind).forward
-        self._score = jax.jit(lambda p, b: forward(model, p, b, rng=None).scores,
-                              in_shardings=(None, distributed.batch_sharding(mesh)),
-                              out_shardings=distributed.batch_sharding(mesh))
-        self._global = distributed.global_batch
-        self._jax = jax
-
-    def __call__(self, params) -> list[np.ndarray]:
-        q = len(self.task.qids)
-        out = []
-        for start in range(0, q, self.chunk):
-            idx = np.arange(start, start + self.chunk) % q  # wrap: pad the last chunk with real rows
-            part = self._jax.tree.map(lambda x: x[idx], self.batch)
-            s = self._score(params, self._global(part, self.mesh))
-            out.append(np.asarray(self._jax.device_get(s))[: min(self.chunk, q - start)])
-        scores = np.concatenate(out)
-        return [scores[i, :c] for i, c in enumerate(self.counts)]
-
-
-def validator(cfg, model, mesh):
+def validator(cfg, model, mesh=None):
     """The trainer's validation for ``cfg`` (``cfg.eval``): ``params -> metrics`` of reranking the BM25
-    top-``eval.depth`` of ``eval.split`` (a cross-encoder through :class:`PairRerankScorer`, a student through
-    :class:`StudentRerankScorer`). Pass it to :func:`distill_jax.train.trainer.train` as ``validator``."""
-    from distill_jax import kinds
+    top-``eval.depth`` of ``eval.split`` through :func:`task_reranker` (any kind). Pass it to
+    :func:`distill_jax.train.trainer.train` as ``validator``; ``mesh`` (the training mesh) is not used: like
+    retrieval, validation runs on this host's devices."""
     from distill_jax.data.tokenize import load_tokenizer
     from distill_jax.models.hf import resolve_checkpoint_dir
 
@@ -229,11 +162,9 @@ def validator(cfg, model, mesh):
     task = rerank_task(e.collection_dir or d.collection_dir, e.split, e.depth, e.max_queries, tuple(e.metrics),
                        on_empty=d.empty_docs)
     tok = load_tokenizer(resolve_checkpoint_dir(d.tokenizer or cfg.model.checkpoint))
-    kind = kinds.get(cfg.model.kind)
-    if kind.layout == "pairs":
-        scorer = PairRerankScorer(task, model, None, tok, d.pair_maxlen, e.batch_size)
-    else:
-        scorer = StudentRerankScorer(task, kind.name, model, tok, kind.run_token_spec(d), mesh, e.batch_size)
+    rm = RetrievalModel(cfg.model.kind, model, None, tok, d.query_maxlen, d.doc_maxlen, d.pair_maxlen,
+                        f"{cfg.name} (training)")
+    scorer = task_reranker(task, rm, e.batch_size)
     return lambda params: task.evaluate(scorer(params))
 
 
@@ -242,17 +173,11 @@ def evaluate_reranking(teacher: str, collection_dir: str, split: str = "test", k
                        max_queries: int = 0) -> dict[str, dict[str, float]]:
     """BM25 top-k, then a cross-encoder checkpoint reranks it; metrics of both (ir-measures) over the split's
     queries (the first ``max_queries`` by id when > 0)."""
-    from distill_jax.data.tokenize import load_tokenizer
-    from distill_jax.models import load_pretrained
-    from distill_jax.models.hf import resolve_checkpoint_dir
-
     task = rerank_task(collection_dir, split, k, max_queries, tuple(measures))
-    path = resolve_checkpoint_dir(teacher)
-    model, params = load_pretrained("cross_encoder", path)
-    scorer = PairRerankScorer(task, model, params, load_tokenizer(path), max_length, batch_size)
-    return {"bm25": task.evaluate_first_stage(), "teacher": task.evaluate(scorer())}
+    rm = load_model(teacher, kind="cross_encoder", pair_maxlen=max_length)
+    return {"bm25": task.evaluate_first_stage(), "teacher": task.evaluate(task_reranker(task, rm, batch_size)())}
 
 
-__all__ = ["bm25_index", "bm25_run", "mine_bm25", "RerankTask", "rerank_task", "pair_buckets", "PairRerankScorer",
-           "StudentRerankScorer", "validator", "evaluate_reranking"]
+__all__ = ["bm25_index", "bm25_run", "mine_bm25", "RerankTask", "rerank_task", "pair_buckets", "task_reranker",
+           "validator", "evaluate_reranking"]
 

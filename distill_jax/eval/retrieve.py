@@ -5,10 +5,11 @@
     run, report = retrieve(rm, doc_ids, doc_texts, queries, depth=1000)
     print(report.describe())                                    # docs/s, ms/query, bytes/token, nnz, FLOPS
 
-Per kind (see :mod:`distill_jax.eval.index`): ColBERT -> a float16/int8 token store and exhaustive MaxSim (or
-faiss IVF candidates then exact MaxSim); SPLADE -> a scipy.sparse CSR matrix and a sparse product; dense -> a
-matrix and a jnp dot product. A cross-encoder cannot index a corpus; it (and every other kind) reranks given
-candidates with :func:`rerank`. Tokenisation is :mod:`distill_jax.data.tokenize`'s framing; texts are encoded in
+Per kind (its ``Kind.index`` names one of :data:`INDEXES`; the indexes are :mod:`distill_jax.eval.index`):
+ColBERT -> a float16/int8 token store and exhaustive MaxSim (or faiss IVF candidates then exact MaxSim); SPLADE ->
+a scipy.sparse CSR matrix and a sparse product; dense -> a matrix and a jnp dot product. A cross-encoder cannot
+index a corpus; it (and every other kind) reranks given candidates with :func:`rerank` (:class:`Reranker`, also
+the trainer's validation). Tokenisation is :mod:`distill_jax.data.tokenize`'s framing; texts are encoded in
 length buckets (:mod:`distill_jax.eval.encoding`), so a corpus of short texts is not padded to the maximum.
 """
 
@@ -24,14 +25,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from distill_jax import kinds
 from distill_jax.data import tokenize as tk
 from distill_jax.data.candidates import Run, sort_run
 from distill_jax.eval import index as ix
 from distill_jax.eval.encoding import ShardedApply, Timer, encode_batches
 
 log = logging.getLogger(__name__)
-
-KINDS = ("colbert", "splade", "dense", "cross_encoder")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -64,8 +64,8 @@ class RetrievalModel:
     source: str = ""
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind {self.kind!r}: use one of {KINDS}")
+        if self.kind not in kinds.KINDS:
+            raise ValueError(f"kind {self.kind!r}: use one of {tuple(kinds.KINDS)}")
 
     @property
     def colbert(self):
@@ -105,7 +105,6 @@ def load_model(path: str, kind: str | None = None, step: int | None = None, quer
 
 
 def _from_workdir(workdir: str, step: int | None) -> RetrievalModel:
-    from distill_jax import kinds
     from distill_jax.models import EncoderConfig, build_model
     from distill_jax.models.hf import resolve_checkpoint_dir
     from distill_jax.train.checkpoint import restore_params
@@ -169,10 +168,8 @@ def _from_directory(path: str, kind: str | None, **options) -> RetrievalModel:
     kind = kind or detect_kind(path)
     model, params = load_pretrained(kind, path, **options)  # pooling, projection, ColBERT settings as saved
     seq = _read_json(os.path.join(path, "sentence_bert_config.json")).get("max_seq_length")
-    if kind == "colbert":
-        lengths = (model.colbert.query_maxlen, model.colbert.doc_maxlen)
-    else:
-        lengths = (int(seq or 256), int(seq or 256))
+    colbert = getattr(model, "colbert", None)  # a ColBERT carries its lengths; the others one max_seq_length
+    lengths = (colbert.query_maxlen, colbert.doc_maxlen) if colbert else (int(seq or 256), int(seq or 256))
     return RetrievalModel(kind, model, params, tk.load_tokenizer(path), *lengths, pair_maxlen=int(seq or 256),
                           source=path)
 
@@ -194,34 +191,48 @@ def _subset(body: tk.Bodies, rows: np.ndarray) -> tk.Bodies:
 
 def text_frames(rm: RetrievalModel, texts: Sequence[str], side: str, warn: bool = True
                 ) -> tuple[np.ndarray, Callable[[np.ndarray, int], dict], int]:
-    """How ``texts`` are framed for ``side`` ("query" or "doc") of ``rm``'s kind (``warn``: log truncated
-    ColBERT queries).
+    """How ``texts`` are framed for ``side`` ("query" or "doc") of ``rm``'s kind, by its token layout
+    (``warn``: log truncated ColBERT queries).
 
     Returns:
       (framed lengths int [N] with special tokens, ``frame(rows, length) -> batch``, the longest frame).
     """
     _check_texts(texts, f"{side} texts")
+    layout = kinds.get(rm.kind).layout
+    if layout not in _FRAMES:
+        raise ValueError(f"a {rm.kind} frames (query, passage) pairs, not single texts: use rerank()")
+    return _FRAMES[layout](rm, texts, side, warn)
+
+
+def _colbert_frames(rm: RetrievalModel, texts: Sequence[str], side: str, warn: bool):
+    """ColBERT: markers; queries [MASK]-expanded to query_maxlen, documents to their own length."""
     lay = tk.layout(rm.tokenizer)
-    if rm.kind == "colbert":
-        cfg = rm.colbert
-        maxlen = cfg.query_maxlen if side == "query" else cfg.doc_maxlen
-        body = tk.tokenize_bodies(rm.tokenizer, texts, maxlen - 3)
-        if side == "query":
-            n_cut = tk.colbert_truncated(body, maxlen)
-            if n_cut and warn:
-                log.warning("%d of %d queries have more than %d tokens and were truncated (query_maxlen=%d)",
-                            n_cut, len(texts), maxlen - 3, maxlen)
-            # [MASK] expansion: every query is framed to query_maxlen
-            return (np.full(len(texts), maxlen), lambda rows, _: tk.assemble_colbert_queries(
-                _subset(body, rows), cfg, lay), maxlen)
-        lengths = np.minimum(body.lengths, maxlen - 3) + 3
-        return (lengths, lambda rows, n: tk.assemble_colbert_documents(
-            _subset(body, rows), dataclasses.replace(cfg, doc_maxlen=n), lay), maxlen)
+    cfg = rm.colbert
+    maxlen = cfg.query_maxlen if side == "query" else cfg.doc_maxlen
+    body = tk.tokenize_bodies(rm.tokenizer, texts, maxlen - 3)
+    if side == "query":
+        n_cut = tk.colbert_truncated(body, maxlen)
+        if n_cut and warn:
+            log.warning("%d of %d queries have more than %d tokens and were truncated (query_maxlen=%d)",
+                        n_cut, len(texts), maxlen - 3, maxlen)
+        # [MASK] expansion: every query is framed to query_maxlen
+        return (np.full(len(texts), maxlen), lambda rows, _: tk.assemble_colbert_queries(
+            _subset(body, rows), cfg, lay), maxlen)
+    lengths = np.minimum(body.lengths, maxlen - 3) + 3
+    return (lengths, lambda rows, n: tk.assemble_colbert_documents(
+        _subset(body, rows), dataclasses.replace(cfg, doc_maxlen=n), lay), maxlen)
+
+
+def _text_frames(rm: RetrievalModel, texts: Sequence[str], side: str, warn: bool):
+    """SPLADE and dense: ``[CLS] text [SEP]`` truncated to the side's length."""
     maxlen = rm.query_maxlen if side == "query" else rm.doc_maxlen
     body = tk.tokenize_bodies(rm.tokenizer, texts, maxlen - 2)
+    lay = tk.layout(rm.tokenizer)
     return (np.minimum(body.lengths, maxlen - 2) + 2,
             lambda rows, n: tk.assemble_texts(_subset(body, rows), n, lay), maxlen)
 
+
+_FRAMES = {"colbert": _colbert_frames, "text": _text_frames}  # token layout -> framing
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,24 +259,48 @@ def encode_corpus(rm: RetrievalModel, texts: Sequence[str], batch_size: int = 32
       :class:`~distill_jax.eval.index.TokenStore` (ColBERT), :class:`~distill_jax.eval.index.SparseIndex`
       (SPLADE) or :class:`~distill_jax.eval.index.DenseIndex` (dense).
     """
-    if rm.kind == "cross_encoder":
-        raise ValueError("a cross-encoder scores (query, passage) pairs and cannot index a corpus: rerank a "
-                         "first-stage run instead (`distill-jax retrieve --rerank RUN.trec`)")
+    how = _retrieval(rm, "scores (query, passage) pairs and cannot index a corpus: rerank a first-stage run "
+                         "instead (`distill-jax retrieve --rerank RUN.trec`)")
     batches = _encode(rm, apply, text_frames(rm, texts, "doc"), batch_size, desc)
-    if rm.kind == "colbert":
-        docs: list[np.ndarray | None] = [None] * len(texts)
-        for rows, batch, out in batches:
-            keep = batch["score_mask"].astype(bool)  # padding and masked punctuation are never stored
-            for j, r in enumerate(rows):
-                docs[r] = out[j][keep[j]]
-        return ix.TokenStore.from_docs(docs, store_dtype)
-    if rm.kind == "splade":
-        return ix.SparseIndex(_gather_sparse(batches, len(texts), splade_top_k))
-    vectors = None
-    for rows, _, out in batches:
-        vectors = np.zeros((len(texts), out.shape[-1]), np.float32) if vectors is None else vectors
+    return how.documents(batches, len(texts), {"store_dtype": store_dtype, "splade_top_k": splade_top_k})
+
+
+def encode_queries(rm: RetrievalModel, texts: Sequence[str], batch_size: int = 32, splade_top_k: int = 0,
+                   apply: ShardedApply | None = None, desc: str | None = None, warn: bool = True):
+    """Encodes queries for the kind's ``search`` (``warn``: log how many ColBERT queries were truncated).
+
+    Returns:
+      ColBERT: (token vectors [B, Lq, D] float32, score mask [B, Lq] int32); SPLADE: CSR [B, V] (pruned to
+      ``splade_top_k`` terms when > 0); dense: [B, E] float32.
+    """
+    how = _retrieval(rm, "does not encode queries alone; use rerank()")
+    return how.queries(_encode(rm, apply, text_frames(rm, texts, "query", warn), batch_size, desc), len(texts),
+                       splade_top_k)
+
+
+def _token_store(batches, n: int, store_dtype: str) -> ix.TokenStore:
+    """ColBERT document outputs -> the token store of their scored tokens (padding and masked punctuation are
+    never stored)."""
+    docs: list[np.ndarray | None] = [None] * n
+    for rows, batch, out in batches:
+        keep = batch["score_mask"].astype(bool)
+        for j, r in enumerate(rows):
+            docs[r] = out[j][keep[j]]
+    return ix.TokenStore.from_docs(docs, store_dtype)
+
+
+def _gather_rows(batches, n: int, score_mask: bool = False):
+    """Outputs yielded in bucket order -> float32 [n, ...] in input order (and, with ``score_mask``, the int32
+    [n, L] score masks of the batches: ColBERT queries)."""
+    vectors, masks = None, None
+    for rows, batch, out in batches:
+        if vectors is None:
+            vectors = np.zeros((n, *out.shape[1:]), np.float32)
+            masks = np.zeros((n, out.shape[1]), np.int32) if score_mask else None
         vectors[rows] = out
-    return ix.DenseIndex(vectors)
+        if score_mask:
+            masks[rows] = batch["score_mask"]
+    return (vectors, masks) if score_mask else vectors
 
 
 def _gather_sparse(batches, n: int, top_k: int):
@@ -282,30 +317,38 @@ def _gather_sparse(batches, n: int, top_k: int):
     return stacked[inverse]
 
 
-def encode_queries(rm: RetrievalModel, texts: Sequence[str], batch_size: int = 32, splade_top_k: int = 0,
-                   apply: ShardedApply | None = None, desc: str | None = None, warn: bool = True):
-    """Encodes queries for the kind's ``search`` (``warn``: log how many ColBERT queries were truncated).
+@dataclasses.dataclass(frozen=True)
+class Retrieval:
+    """How a model kind retrieves: the index its documents' encoder outputs make and the query representation
+    that index searches (``Kind.index`` names one of :data:`INDEXES`).
 
-    Returns:
-      ColBERT: (token vectors [B, Lq, D] float32, score mask [B, Lq] int32); SPLADE: CSR [B, V] (pruned to
-      ``splade_top_k`` terms when > 0); dense: [B, E] float32.
+    Attributes:
+      documents: ``(batches, n, settings) -> index`` from :func:`~distill_jax.eval.encoding.encode_batches`'s
+        ``(rows, batch, outputs)`` of ``n`` documents; ``settings``: ``store_dtype``, ``splade_top_k``.
+      queries: ``(batches, n, top_k) -> query representation`` (``top_k``: SPLADE's query pruning).
+      settings: the settings that change what ``documents`` builds (:func:`index_meta` records them).
     """
-    if rm.kind == "cross_encoder":
-        raise ValueError("a cross-encoder does not encode queries alone; use rerank()")
-    batches = _encode(rm, apply, text_frames(rm, texts, "query", warn), batch_size, desc)
-    if rm.kind == "splade":
-        return _gather_sparse(batches, len(texts), splade_top_k)
-    out_v, out_m = None, None
-    for rows, batch, out in batches:
-        if out_v is None:
-            out_v = np.zeros((len(texts), *out.shape[1:]), np.float32)
-            out_m = np.zeros((len(texts), out.shape[1]), np.int32)
-        if rm.kind == "colbert":
-            out_v[rows] = out
-            out_m[rows] = batch["score_mask"]
-        else:
-            out_v[rows] = out
-    return (out_v, out_m) if rm.kind == "colbert" else out_v
+
+    documents: Callable[[Any, int, dict], Any]
+    queries: Callable[[Any, int, int], Any]
+    settings: tuple[str, ...] = ()
+
+
+INDEXES: dict[str, Retrieval] = {
+    "tokens": Retrieval(lambda b, n, s: _token_store(b, n, s["store_dtype"]),
+                        lambda b, n, top_k: _gather_rows(b, n, score_mask=True), ("store_dtype",)),
+    "sparse": Retrieval(lambda b, n, s: ix.SparseIndex(_gather_sparse(b, n, s["splade_top_k"])), _gather_sparse,
+                        ("splade_top_k",)),
+    "dense": Retrieval(lambda b, n, s: ix.DenseIndex(_gather_rows(b, n)), lambda b, n, top_k: _gather_rows(b, n)),
+}
+
+
+def _retrieval(rm: RetrievalModel, refusal: str) -> Retrieval:
+    """``rm``'s kind's :class:`Retrieval`; a kind without one (the cross-encoder) is refused with ``refusal``."""
+    name = kinds.get(rm.kind).index
+    if name is None:
+        raise ValueError(f"a {rm.kind.replace('_', '-')} {refusal}")
+    return INDEXES[name]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -323,9 +366,16 @@ def search(index, queries, k: int, desc: str | None = None, blocks: list | None 
     Returns:
       (scores [B, k] float32, rows [B, k] int64).
     """
-    if isinstance(index, ix.TokenStore):
+    if isinstance(index, ix.TokenStore):  # ColBERT queries are (vectors, masks)
         return index.search(queries[0], queries[1], k, blocks=blocks, desc=desc)
     return index.search(queries, k)
+
+
+def score(index, queries, b: int, rows: np.ndarray) -> np.ndarray:
+    """Exact scores of query ``b`` of ``queries`` (as for :func:`search`) against documents ``rows`` -> [n]."""
+    if isinstance(index, ix.TokenStore):
+        return index.score(queries[0][b], queries[1][b], rows)
+    return index.score(queries[b], rows)
 
 
 def to_run(qids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray, rows: np.ndarray,
@@ -464,7 +514,7 @@ def retrieve(rm: RetrievalModel, doc_ids: Sequence[str], doc_texts: Sequence[str
     report.index_bytes = index.nbytes
     candidates = None
     if ivf is not None:
-        if rm.kind != "colbert":
+        if not isinstance(index, ix.TokenStore):
             raise ValueError("IVF candidate generation is for ColBERT token stores; SPLADE and dense search "
                              "exhaustively")
         ivf = dict(ivf)
@@ -497,9 +547,11 @@ def index_meta(rm: RetrievalModel, doc_ids: Sequence[str], store_dtype: str, spl
     import hashlib
 
     ids = hashlib.sha256("\n".join(doc_ids).encode("utf-8")).hexdigest()
+    name = kinds.get(rm.kind).index
+    used = INDEXES[name].settings if name else ()
+    settings = {"store_dtype": store_dtype, "splade_top_k": splade_top_k}
     return {"kind": rm.kind, "model": rm.source, "doc_maxlen": rm.doc_maxlen, "n_docs": len(doc_ids),
-            "doc_ids_sha256": ids, "store_dtype": store_dtype if rm.kind == "colbert" else None,
-            "splade_top_k": splade_top_k if rm.kind == "splade" else None}
+            "doc_ids_sha256": ids, **{k: v if k in used else None for k, v in settings.items()}}
 
 
 def _saved_index(directory: str, built_from: dict):
@@ -537,14 +589,66 @@ def _ivf_search(store: ix.TokenStore, ivf: ix.IVFCandidates, reps, k: int, n_can
 # ---------------------------------------------------------------------------------------------------------------
 
 
+class Reranker:
+    """Scores each query's own candidates with a model of any kind, for any parameters.
+
+    Texts are tokenised once, at construction; each call then scores with the parameters it is given (one
+    compile for all calls). A cross-encoder scores every (query, candidate) pair through the answer-key engine
+    (:class:`distill_jax.teacher.scorer.PairScorer`: bucketed, sharded pair scoring); the other kinds encode the
+    union of the candidates once and score each query against its own, exactly as retrieval does (MaxSim over
+    the kind's token store, sparse or dense dot products), on this host's devices.
+
+    Args:
+      rm: the model; ``rm.params`` are the parameters of a call without any (may be None).
+      queries: query texts [Q].
+      candidates: per query, its candidate doc ids (a first-stage run's top ``depth``).
+      passage: doc id -> text.
+      batch_size: texts (pairs, for a cross-encoder) per device call.
+      store_dtype: the ColBERT token store's precision ("float16" or "int8").
+      desc: a progress label for encoding the candidates (None: no bar).
+    """
+
+    def __init__(self, rm: RetrievalModel, queries: Sequence[str], candidates: Sequence[Sequence[str]],
+                 passage: Callable[[str], str], batch_size: int = 32, store_dtype: str = "float16",
+                 desc: str | None = None):
+        self.rm, self.batch_size, self.store_dtype, self.desc = rm, batch_size, store_dtype, desc
+        self.counts = [len(c) for c in candidates]
+        if kinds.get(rm.kind).scores_pairs:
+            from distill_jax.teacher.scorer import PairScorer, pair_buckets
+
+            self.tokens = tk.encode_pairs(rm.tokenizer, [q for q, c in zip(queries, candidates) for _ in c],
+                                          [passage(d) for c in candidates for d in c], rm.pair_maxlen)
+            self.pairs = PairScorer(rm.model, rm.params, batch_size, pair_buckets(rm.pair_maxlen))
+            return
+        self.pairs = None
+        docs = list(dict.fromkeys(d for c in candidates for d in c))
+        row = {d: i for i, d in enumerate(docs)}
+        self.rows = [np.array([row[d] for d in c], np.int64) for c in candidates]
+        self.how = _retrieval(rm, "reranks through its pair scorer")
+        self.apply = ShardedApply(rm.model, rm.params)
+        self.doc_frames = text_frames(rm, [passage(d) for d in docs], "doc")
+        self.query_frames = text_frames(rm, queries, "query")
+
+    def __call__(self, params=None) -> list[np.ndarray]:
+        """Scores with ``params`` (default: ``rm.params``): one float32 array per query, aligned with its
+        candidates."""
+        if self.pairs is not None:
+            flat = self.pairs.score(self.tokens, params=params)
+            ends = np.cumsum(self.counts)
+            return [flat[e - n:e] for e, n in zip(ends, self.counts)]
+        apply = self.apply if params is None else self.apply.with_params(params)
+        batches = _encode(self.rm, apply, self.doc_frames, self.batch_size, self.desc)
+        index = self.how.documents(batches, len(self.doc_frames[0]), {"store_dtype": self.store_dtype,
+                                                                      "splade_top_k": 0})
+        reps = self.how.queries(_encode(self.rm, apply, self.query_frames, self.batch_size, None),
+                                len(self.query_frames[0]), 0)
+        return [score(index, reps, b, rows) for b, rows in enumerate(self.rows)]
+
+
 def rerank(rm: RetrievalModel, queries: Mapping[str, str], passages: Mapping[str, str],
            candidates: Mapping[str, Sequence[str]], batch_size: int = 32, store_dtype: str = "float16",
            progress: bool = True) -> Run:
-    """Scores each query's candidate documents with ``rm`` and ranks them (any kind).
-
-    A cross-encoder scores every (query, candidate) pair through the answer-key engine
-    (:func:`distill_jax.teacher.scorer.rerank`); the other kinds encode the union of the candidates once and
-    score each query against its own (MaxSim / dot product, exactly as retrieval does).
+    """Scores each query's candidate documents with ``rm`` and ranks them (any kind, through :class:`Reranker`).
 
     Args:
       queries: ``{qid: text}`` (candidates of other queries are ignored).
@@ -561,29 +665,12 @@ def rerank(rm: RetrievalModel, queries: Mapping[str, str], passages: Mapping[str
     if missing:
         raise KeyError(f"{len(missing)} candidate documents are not in the corpus (first: {missing[:5]}); "
                        "rerank a run of this collection")
-    desc = "rerank" if progress else None
-    if rm.kind == "cross_encoder":  # the answer-key engine: bucketed, sharded pair scoring
-        from distill_jax.eval.rerank import pair_buckets
-        from distill_jax.teacher.scorer import PairScorer, rerank as rerank_pairs
-
-        scorer = PairScorer(rm.model, rm.params, batch_size, pair_buckets(rm.pair_maxlen))
-        return sort_run(rerank_pairs(scorer, rm.tokenizer, dict(queries), passages.__getitem__,
-                                     {q: list(candidates[q]) for q in qids}, rm.pair_maxlen))
-    docs = list(dict.fromkeys(d for q in qids for d in candidates[q]))
-    row = {d: i for i, d in enumerate(docs)}
-    apply = ShardedApply(rm.model, rm.params)
-    index = encode_corpus(rm, [passages[d] for d in docs], batch_size, store_dtype, apply=apply, desc=desc)
-    reps = encode_queries(rm, [queries[q] for q in qids], batch_size, apply=apply)
-    scores = {}
-    for b, q in enumerate(qids):
-        rows = np.array([row[d] for d in candidates[q]], np.int64)
-        if isinstance(index, ix.TokenStore):
-            s = index.score(reps[0][b], reps[1][b], rows)
-        else:
-            s = index.score(reps[b], rows)
-        scores[q] = {d: float(v) for d, v in zip(candidates[q], s)}
-    return sort_run(scores)
+    cands = [list(candidates[q]) for q in qids]
+    scores = Reranker(rm, [queries[q] for q in qids], cands, passages.__getitem__, batch_size, store_dtype,
+                      "rerank" if progress else None)()
+    return sort_run({q: {d: float(v) for d, v in zip(c, s)} for q, c, s in zip(qids, cands, scores)})
 
 
-__all__ = ["RetrievalModel", "RetrievalReport", "load_model", "detect_kind", "is_workdir", "text_frames", "index_meta", "encode_corpus", "encode_queries", "search", "to_run",
+__all__ = ["RetrievalModel", "RetrievalReport", "Retrieval", "INDEXES", "Reranker", "load_model", "detect_kind",
+           "is_workdir", "text_frames", "index_meta", "encode_corpus", "encode_queries", "search", "score", "to_run",
            "retrieve", "rerank"]

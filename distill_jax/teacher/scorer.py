@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from distill_jax.distributed import local_mesh
+
 
 @dataclasses.dataclass
 class ScoringStats:
@@ -34,9 +36,10 @@ class ScoringStats:
         return self.padded_tokens / total if total else 0.0
 
 
-def local_mesh() -> Mesh:
-    """A 1-D ``data`` mesh over this host's devices (scoring is embarrassingly parallel across hosts)."""
-    return Mesh(np.asarray(jax.local_devices()), ("data",))
+def pair_buckets(max_length: int) -> tuple[int, ...]:
+    """The padded lengths pairs tokenised to ``max_length`` are bucketed into: 64, 128, 192 below it, then
+    ``max_length``."""
+    return tuple(b for b in (64, 128, 192) if b < max_length) + (max_length,)
 
 
 def pick_bucket(length: int, buckets: tuple[int, ...]) -> int:
@@ -55,7 +58,7 @@ class PairScorer:
       params: its parameters (placed replicated on the mesh once).
       batch_size: pairs per step (rounded up to a multiple of the device count).
       buckets: padded lengths, ascending; the last must be the tokenisation length.
-      mesh: defaults to :func:`local_mesh`.
+      mesh: defaults to :func:`distill_jax.distributed.local_mesh` (this host's devices).
     """
 
     def __init__(self, model, params, batch_size: int = 64, buckets: tuple[int, ...] = (64, 128, 192, 256),
@@ -150,19 +153,4 @@ def load_teacher(path: str, dtype: str = "float32", batch_size: int = 128,
     return PairScorer(model, params, batch_size=batch_size, buckets=buckets), load_tokenizer(path)
 
 
-def rerank(scorer, tok, queries: dict[str, str], passage, run: dict[str, dict[str, float]],
-           max_length: int) -> dict[str, dict[str, float]]:
-    """Reranks a first-stage run with a cross-encoder: ``{qid: {pid: teacher logit}}``.
-
-    Args:
-      passage: ``pid -> text`` (e.g. ``Collection.passage``).
-    """
-    pairs = [(q, d) for q, docs in run.items() for d in docs]
-    scores = score_pairs(scorer, tok, [queries[q] for q, _ in pairs], [passage(d) for _, d in pairs], max_length)
-    out: dict[str, dict[str, float]] = {}
-    for (q, d), s in zip(pairs, scores):
-        out.setdefault(q, {})[d] = float(s)
-    return out
-
-
-__all__ = ["PairScorer", "ScoringStats", "local_mesh", "pick_bucket", "score_pairs", "load_teacher", "rerank"]
+__all__ = ["PairScorer", "ScoringStats", "pair_buckets", "pick_bucket", "score_pairs", "load_teacher"]
