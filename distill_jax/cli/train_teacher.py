@@ -25,6 +25,9 @@ def main(argv: list[str]) -> int:
     cfg = load_config(a.config, a.set)
     if not kinds.get(cfg.model.kind).scores_pairs:  # a teacher scores (query, passage) pairs
         raise ConfigError(f"train-teacher needs a cross_encoder config; {a.config} trains a {cfg.model.kind}")
+    from distill_jax import distributed
+
+    distributed.initialize_if_multihost()  # the variables `train` reads; process 0 prepares the data
     summary = job.train_teacher(cfg, a.holdout, a.k, a.eval_split, a.test_depth)
     print(json.dumps(summary, indent=1))
     return 0

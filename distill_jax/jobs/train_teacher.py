@@ -13,6 +13,13 @@ pointwise BCE (``graded_bce`` on the labels). What this module adds is the data 
    by nDCG@10 is exported as a Hugging Face ``BertForSequenceClassification`` directory (``<workdir>/teacher``)
    that ``distill-jax score --teacher`` loads;
 4. reranking evaluation of that teacher on the test split (BM25 top-100), written to ``<workdir>/results.json``.
+
+Several hosts (``jax.distributed``, the variables ``distill-jax train`` reads: ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``): process 0 alone writes the view and the label dataset, every process
+waits at a barrier and then trains its share of each global batch (the trainer's multi-host path); every process
+reads the chosen checkpoint, process 0 alone exports it (a second barrier), and each host evaluates the exported
+teacher on its own devices (same numbers everywhere, no cross-host waiting during a long evaluation); process 0
+writes ``results.json``. The result equals a single-process run's (tests/test_multihost.py).
 """
 
 from __future__ import annotations
@@ -45,12 +52,7 @@ def make_view(collection_dir: str, out_dir: str, split: str, holdout: int, seed:
     for name in os.listdir(os.path.join(src, "qrels")):
         _symlink(os.path.join(src, "qrels", name), os.path.join(out_dir, "qrels", name))
     qrels = read_qrels(os.path.join(src, "qrels", f"{split}.tsv"))
-    qids = sorted(qrels)
-    if not 0 < holdout < len(qids):
-        raise ValueError(f"holdout={holdout} must be between 1 and {len(qids) - 1} ({split} has {len(qids)} queries)")
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(qids, size=holdout, replace=False).tolist())
-    parts = {"fit": [q for q in qids if q not in held], "holdout": [q for q in qids if q in held]}
+    parts = split_queries(sorted(qrels), holdout, seed, split)
     for part, ids in parts.items():
         tmp = os.path.join(out_dir, "qrels", f"{part}.tsv.tmp")
         with open(tmp, "w") as f:
@@ -60,6 +62,15 @@ def make_view(collection_dir: str, out_dir: str, split: str, holdout: int, seed:
                     f.write(f"{q}\t{d}\t{g}\n")
         os.replace(tmp, os.path.join(out_dir, "qrels", f"{part}.tsv"))
     return parts
+
+
+def split_queries(qids: list[str], holdout: int, seed: int, split: str = "train") -> dict[str, list[str]]:
+    """``{"fit", "holdout"}``: ``holdout`` of the sorted ``qids`` drawn with ``seed``, the rest fit."""
+    if not 0 < holdout < len(qids):
+        raise ValueError(f"holdout={holdout} must be between 1 and {len(qids) - 1} ({split} has {len(qids)} queries)")
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(qids, size=holdout, replace=False).tolist())
+    return {"fit": [q for q in qids if q not in held], "holdout": [q for q in qids if q in held]}
 
 
 def _symlink(target: str, link: str) -> None:
@@ -107,7 +118,7 @@ def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test
     ``cfg.model.checkpoint = ""`` trains a random encoder of the config's geometry (tokenizer: ``data.tokenizer``);
     ``test_depth=0`` skips the final reranking evaluation.
     """
-    from distill_jax.eval.rerank import evaluate_reranking, validator
+    from distill_jax.eval.rerank import evaluate_reranking
     from distill_jax.export import save_pretrained
     from distill_jax.models.encoder import EncoderConfig
     from distill_jax.models.hf import resolve_checkpoint_dir
@@ -115,28 +126,36 @@ def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test
     from distill_jax.train.state import encoder_config
     from distill_jax.train.trainer import train
 
+    import jax
+
     work = os.path.abspath(cfg.workdir)
     view = os.path.join(work, "collection")
-    parts = make_view(cfg.data.collection_dir, view, cfg.data.split, holdout, cfg.data.seed)
     dataset = os.path.abspath(cfg.data.dataset_dir)
-    recall = write_label_dataset(view, dataset, k)
-    log.info("teacher data: %d fit / %d held-out queries; BM25 %s", len(parts["fit"]), len(parts["holdout"]),
-             recall)
+    primary = jax.process_index() == 0
+    recall = None
+    if primary:  # one writer of the view and the label dataset; the other hosts read them after the barrier
+        parts = make_view(cfg.data.collection_dir, view, cfg.data.split, holdout, cfg.data.seed)
+        recall = write_label_dataset(view, dataset, k)
+        log.info("teacher data: %d fit / %d held-out queries; BM25 %s", len(parts["fit"]), len(parts["holdout"]),
+                 recall)
+    _barrier("train-teacher: view and label dataset written")
     run_cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, dataset_dir=dataset, collection_dir=view),
         eval=dataclasses.replace(cfg.eval, collection_dir=view, split="holdout"),
     )
-    out = train(run_cfg, validator=validator)
-    params, best_step, _ = restore_params(work)
+    out = train(run_cfg, validator=_host_local_validator)
+    params, best_step, _ = restore_params(work)  # every host reads it (orbax's restore may synchronise them)
     if cfg.model.checkpoint:
         base = resolve_checkpoint_dir(cfg.model.checkpoint)
         enc = EncoderConfig.from_pretrained_dir(base)
     else:  # a random encoder (tests, smoke runs): its geometry is the config's, its tokenizer data.tokenizer's
         base, enc = None, encoder_config(cfg.model)
     tokenizer = resolve_checkpoint_dir(cfg.data.tokenizer) if cfg.data.tokenizer else base
-    teacher_dir = save_pretrained("cross_encoder", enc, params, os.path.join(work, "teacher"),
-                                  tokenizer_dir=tokenizer)
+    teacher_dir = os.path.join(work, "teacher")
+    if primary:
+        teacher_dir = save_pretrained("cross_encoder", enc, params, teacher_dir, tokenizer_dir=tokenizer)
+    _barrier("train-teacher: teacher exported")
     results = {}
     if test_depth:  # 0: the caller evaluates the exported teacher itself (distill-jax run)
         results = evaluate_reranking(teacher_dir, cfg.data.collection_dir, eval_split, k=test_depth,
@@ -144,6 +163,36 @@ def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test
                                      max_queries=cfg.eval.max_queries)
     summary = {"best_step": best_step, "test_depth": test_depth, "holdout_validation": out["validation"], "bm25_recall_fit": recall,
                f"{eval_split}_reranking": results, "teacher_dir": teacher_dir}
-    with open(os.path.join(work, "results.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    if primary:
+        with open(os.path.join(work, "results.json"), "w") as f:
+            json.dump(summary, f, indent=1)
     return summary
+
+
+def _host_local_validator(cfg, model, mesh):
+    """:func:`distill_jax.eval.rerank.validator`, fed host-local parameters under ``jax.distributed``.
+
+    The reranking scorer runs on this host's devices (a local mesh), while the trainer's parameters are global
+    arrays over every host's devices; every process gathers their value (a collective: all call it at the same
+    validation steps) and scores the held-out queries itself, so each computes the same metrics.
+    """
+    import jax
+
+    from distill_jax.eval.rerank import validator
+
+    score = validator(cfg, model, mesh)
+    if jax.process_count() == 1:
+        return score
+    from jax.experimental import multihost_utils
+
+    return lambda params: score(multihost_utils.process_allgather(params, tiled=True))
+
+
+def _barrier(name: str) -> None:
+    """Every process of a ``jax.distributed`` job waits here (nothing with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
