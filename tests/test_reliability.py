@@ -467,3 +467,146 @@ def test_metrics_jsonl_has_one_row_per_step_after_a_resume(tmp_path):
     shutil.rmtree(wd / "checkpoints" / "4")  # as if killed after logging step 4, before its checkpoint
     train(cfg)
     assert [r["step"] for r in read_jsonl(str(wd / "metrics.jsonl"))] == [1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The quick cases of scripts/reliability.py (R4 simulated hosts, R9 fault matrix), the loader's resume check,
+# the tokenizer/model fit, and checkpoint saves that do not grow RSS
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _reliability_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reliability", os.path.join(ROOT, "scripts", "reliability.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rel = _reliability_script()
+
+
+def test_resume_onto_other_data_settings_names_the_setting_and_the_fix(tmp_path):
+    from distill_jax.config import ConfigError
+
+    col, ds = str(tmp_path / "col"), str(tmp_path / "ds")
+    rel.write_collection(col, 40, 20)
+    rel.write_dataset(ds, rel.make_records(40, 20, m=6), shards=1)
+    it = iter(rel.r4_loader(ds, col, 0, 1, batch=8, epochs=2, pretokenize=False))
+    next(it)
+    state = it.get_state()
+    other = rel.r4_loader(ds, col, 0, 1, batch=8, epochs=2, pretokenize=False)
+    other.config = dataclasses_replace(other.config, seed=3)
+    with pytest.raises(ConfigError, match=r"mismatch in field 'seed': saved 0, this run has 3 \(set by data.seed\)"
+                                          r".*config.json.*new workdir"):
+        iter(other).set_state(state)
+    rel.write_dataset(str(tmp_path / "ds2"), rel.make_records(40, 20, m=6, seed=1), shards=1)
+    moved = iter(rel.r4_loader(str(tmp_path / "ds2"), col, 0, 1, batch=8, epochs=2, pretokenize=False))
+    with pytest.raises(ConfigError, match=r"'fingerprint'.*data.dataset_dir, or its shards were rewritten"):
+        moved.set_state(state)
+    with pytest.raises(ConfigError, match="has no 'seed'.*config.json"):
+        moved.set_state({"step": 1})
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def test_the_tokenizer_must_fit_the_model_embedding_rows(tmp_path, minilm_dir):
+    from distill_jax.config import ConfigError
+    from distill_jax.data.pipeline import check_vocabulary
+    from distill_jax.data.tokenize import load_tokenizer
+
+    tok = load_tokenizer(minilm_dir)
+    check_vocabulary(tok, 30522, minilm_dir, "colbert")
+    with pytest.raises(ConfigError, match="has 30522 token ids but the model embeds 30000.*model.vocab_size"):
+        check_vocabulary(tok, 30000, minilm_dir, "dense")
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(minilm_dir, use_fast=True)
+    t.add_special_tokens({"mask_token": "[NEWMASK]"})
+    t.save_pretrained(str(tmp_path / "tok"))
+    grown = load_tokenizer(str(tmp_path / "tok"))
+    with pytest.raises(ConfigError, match=r"special token \[MASK\] has id 30522, outside the model's 30522"):
+        check_vocabulary(grown, 30522, str(tmp_path / "tok"), "colbert")
+    with pytest.raises(ConfigError, match="has 30523 token ids"):  # dense never frames with [MASK]
+        check_vocabulary(grown, 30522, str(tmp_path / "tok"), "dense")
+
+
+def test_checkpoint_saves_do_not_poll_tensorstore_metrics(tmp_path, monkeypatch):
+    """tensorstore's metric collection leaks its result (RSS grew with every save, #17); orbax polled it twice
+    per save for a log line. The Checkpointer turns that telemetry off: no call in a save or a restore."""
+    import jax.numpy as jnp
+    import tensorstore
+
+    from distill_jax.config import CheckpointConfig
+    from distill_jax.train import checkpoint as ck_lib
+
+    assert ck_lib.ORBAX_TELEMETRY_SKIPPED
+    calls = []
+    real = tensorstore.experimental_collect_matching_metrics
+    monkeypatch.setattr(tensorstore, "experimental_collect_matching_metrics",
+                        lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+    ck = ck_lib.Checkpointer(str(tmp_path / "ck"), CheckpointConfig(async_save=True, keep=2, keep_best=0))
+    state = {"w": jnp.ones((8, 8)), "b": jnp.zeros(8)}
+    for step in (1, 2, 3):
+        ck.save(step, state, {"pos": step})
+    ck.wait()
+    single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    restored, data, step = ck.restore(ck_lib.abstract_like(state, jax.tree.map(lambda _: single, state)))
+    ck.close()
+    assert step == 3 and data == {"pos": 3} and float(restored["w"].sum()) == 64.0
+    assert calls == []
+
+
+def test_exactly_once_over_simulated_hosts_and_epochs(tmp_path):
+    """R4 in one process: 1,009 records (prime), global batch 24, 2 epochs, P = 1, 2, 3 hosts."""
+    col, ds = str(tmp_path / "col"), str(tmp_path / "ds")
+    rel.write_collection(col, 1009, 32)
+    rel.write_dataset(ds, rel.make_records(1009, 32, m=5), shards=3)
+    for pc in (1, 2, 3):
+        loaders = [rel.r4_loader(ds, col, pi, pc, 24, 2, pretokenize=False) for pi in range(pc)]
+        spe = loaders[0].steps_per_epoch
+        hosts = [[(ld.record_indices(s), (ld.record_indices(s) >= 0).astype(np.float32)) for s in range(2 * spe)]
+                 for ld in loaders]
+        cov = rel.coverage(hosts, loaders[0].valid, spe, 2)
+        assert cov["duplicates"] == cov["missing"] == 0, (pc, cov)
+        assert cov["steps_per_host"] == [2 * spe] * pc and cov["epoch_orders_differ"]
+        assert cov["padded"] == 2 * (spe * 24 - 1009)
+
+
+def test_fault_matrix_through_the_cli(tmp_path):
+    """R9 on 200 records: every fault stops `distill-jax train` with exit 2 and one line naming the file, the
+    record and the field, before any step; the skip policy counts each record fault by type; two bad records
+    pass the skip threshold and stop; a float64 score column is refused by the writer."""
+    out = rel.r9_fault_matrix(str(tmp_path), n=200, n_docs=50, skip_runs="loader", fault_at=123,
+                              log=lambda m: None)
+    missed = {k: c for k, c in out["cases"].items() if not c["detected"]}
+    assert not missed, missed
+    assert out["detected"] == out["faults"] == 14
+    assert out["skip_counted"] == out["skip_cases"] >= len(rel.RECORD_FAULTS) - 1  # one may be refused at write
+    assert out["threshold_stops"] and out["wrong_dtype"]["refused_at_write"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_exactly_once_over_two_killed_loader_processes(tmp_path):
+    """R4 with 2 real processes, each SIGKILLed once per epoch and resumed from its last saved state."""
+    out = rel.r4_exactly_once(str(tmp_path), n=1009, every=5, log=lambda m: None)["processes"]
+    assert out["duplicates"] == out["missing"] == out["padding_weight_nonzero"] == 0, out
+    assert out["order_equals_uninterrupted"] and out["epoch_orders_differ"], out
+    assert len(set(out["steps_per_host"])) == 1 and all(len(k) == 2 for k in out["killed_after_steps"]), out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_sigkill_trials_resume_bit_exact(tmp_path):
+    """R1 with 3 kills: every restart resumes, every finished checkpoint equals the uninterrupted run's at its
+    step, no temporary directory survives a restart, every loss is bitwise equal."""
+    out = rel.r1_sigkill(str(tmp_path), trials=3, mid_save=2, every=5, steps=80, log=lambda m: None)
+    assert out["restores_ok"] == out["restarts"] and out["restored_hash_equal"] == out["trials"], out
+    assert out["loss_mismatches"] == 0 and out["final_sha256_equal"], out
+    assert out["unreadable_finished_steps"] == 0 and out["leftover_tmp_dirs_after_restart"] == 0, out

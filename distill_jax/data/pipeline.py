@@ -211,7 +211,13 @@ class TrainLoader:
                                 self.corpus)
         valid = []
         for i in range(len(self.dataset)):
-            rec = self.dataset.record(i)
+            try:
+                rec = self.dataset.record(i)
+            except ValueError as e:  # TFDS cannot decode it (e.g. a 'scores' of another shape than its 'pids')
+                checker.seen += 1
+                checker.fault(i, None, "shape", f"field 'scores' or 'labels' cannot be decoded: "
+                              f"{' '.join(str(e).split())[:160]}")
+                continue
             ok = checker.check(i, rec["qid"], rec["pids"], rec["labels"], rec["scores"])
             if ok and rec["qid"] not in self.queries:
                 checker.fault(i, rec["qid"], "missing_query", "field 'qid' names no query of the collection")
