@@ -360,7 +360,8 @@ def test_truncated_or_corrupted_shard_is_named_on_open(tmp_path, capsys, minilm_
     col = tmp_path / "col"
     _collection(col)
     assert cli_main(["train", "configs/tiny.py:dense", "--set", f"workdir={tmp_path / 'run'}", "data.source=dataset",
-                     f"data.dataset_dir={out}", f"data.collection_dir={col}", f"data.tokenizer={minilm_dir}"]) == 2
+                     f"data.dataset_dir={out}", f"data.collection_dir={col}", f"data.tokenizer={minilm_dir}",
+                     "model.vocab_size=30522"]) == 2
     _one_line_error(capsys, shard, "corrupted")
 
 
