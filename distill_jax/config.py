@@ -530,19 +530,29 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = (), variant:
 
     ``path`` may carry the variant after a colon: ``configs/colbert_margin_mse.py:tiny``.
     """
+    cfg = config_from_file(path, variant, "config file", "recipes live in configs/*.py")
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"{path}: get_config() returned {type(cfg).__name__}, expected TrainConfig")
+    return validate(apply_overrides(cfg, overrides))
+
+
+def config_from_file(path: str, variant: str | None, what: str, hint: str):
+    """``get_config()`` (or ``get_config(variant)``; ``path:VARIANT`` carries it too) of a Python config file.
+
+    Raises:
+      FileNotFoundError: no such file (``what`` and ``hint`` name it and where configs live).
+      AttributeError: the file defines no ``get_config``.
+    """
     if variant is None and ":" in os.path.basename(path):
         path, variant = path.rsplit(":", 1)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist (recipes live in configs/*.py)")
+        raise FileNotFoundError(f"{what} {path!r} does not exist ({hint})")
     spec = importlib.util.spec_from_file_location(f"distill_jax_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise AttributeError(f"{path} has no get_config(); a config file defines get_config() -> TrainConfig")
-    cfg = module.get_config(variant) if variant else module.get_config()
-    if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"{path}: get_config() returned {type(cfg).__name__}, expected TrainConfig")
-    return validate(apply_overrides(cfg, overrides))
+        raise AttributeError(f"{path} has no get_config(); a {what} defines get_config()")
+    return module.get_config(variant) if variant else module.get_config()
 
 
 def to_dict(cfg) -> dict:

@@ -33,14 +33,13 @@ This module imports no jax at import time: ``configs/run_default.py`` loads the 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
 
-from distill_jax.config import ConfigError, apply_overrides, to_dict
+from distill_jax.config import ConfigError, apply_overrides, config_from_file, to_dict
 from distill_jax.data.builtin import BuiltinConfig
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -282,17 +281,10 @@ def load_run_config(path: str | None = None, overrides: list[str] | tuple[str, .
     if path is None:
         cfg = RunConfig()
     else:
-        variant = None
-        if ":" in os.path.basename(path):
-            path, variant = path.rsplit(":", 1)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"job config {path!r} does not exist (e.g. configs/run_default.py)")
-        spec = importlib.util.spec_from_file_location(f"distill_jax_run_config_{abs(hash(path))}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ConfigError(f"{path} has no get_config(); a job config defines get_config() -> RunConfig")
-        cfg = module.get_config(variant) if variant else module.get_config()
+        try:
+            cfg = config_from_file(path, None, "job config", "e.g. configs/run_default.py")
+        except AttributeError as e:
+            raise ConfigError(f"{e} -> RunConfig") from None
         if not isinstance(cfg, RunConfig):
             raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}; `distill-jax run` needs a "
                               "RunConfig (student recipes go in its `students`, not on the command line)")
