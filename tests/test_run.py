@@ -93,6 +93,23 @@ def test_job_config_loads_without_jax_and_builds_student_configs(tmp_path):
         job.load_run_config(None, ["students=colbert_infonce"])
 
 
+def test_scifact_job_twins_differ_from_their_students_only_by_the_teacher_term():
+    cfg = job.load_run_config(os.path.join(ROOT, "configs", "scifact.py"))
+    by_name = {s.name: s for s in cfg.students}
+    twins = [s for s in cfg.students if s.twin_of]
+    assert {t.twin_of for t in twins} == set(by_name) - {t.name for t in twins} and len(twins) == 3
+    for twin in twins:
+        d = job.student_train_config(cfg, by_name[twin.twin_of])
+        t = job.student_train_config(cfg, twin)
+        assert [o.name for o in d.loss.terms()] == ["infonce", "kl"] and [o.name for o in t.loss.terms()] == ["infonce"]
+        kl = d.loss.terms()[1]
+        # the student's side of the KL is at its InfoNCE temperature; the teacher's is softened
+        assert kl.hp["temperature"] == d.loss.hp["temperature"] and kl.hp["teacher_temperature"] == 3.0
+        assert dataclasses.replace(d.loss, objectives=()) == t.loss
+        for field in ("model", "data", "optim", "steps", "seed"):
+            assert getattr(d, field) == getattr(t, field), (twin.name, field)
+
+
 def test_workdir_refuses_another_config(tmp_path):
     cfg = job.load_run_config(None, [f"workdir={tmp_path}"])
     job.claim_workdir(cfg)

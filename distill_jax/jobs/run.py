@@ -721,7 +721,8 @@ def stage_retrieve(cfg: RunConfig) -> dict:
             bm25 = bm25_run(col, e.depth)
         return bm25
 
-    for name, _ in run_names(cfg):
+    # The teacher's reranking (the most expensive run) goes last: a job cut off late has every student's run.
+    for name, _ in sorted(run_names(cfg), key=lambda row: row[0] == "teacher"):
         path = p.run_file(name)
         if os.path.isfile(path):
             continue  # written atomically by an earlier, interrupted attempt
