@@ -1,5 +1,6 @@
 """Models: parity with PyTorch transformers on the real all-MiniLM-L6-v2 weights, HF layout round trips, errors."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from distill_jax.config import ConfigError
 from distill_jax.models import (ColBERT, ColBERTConfig, EncoderConfig, build_model, check_token_ids,
                                 init_params, load_pretrained)
 from distill_jax.models.encoder import Encoder
@@ -206,8 +208,32 @@ def test_error_missing_and_unmatched_weights(minilm_dir, tmp_path):
 
 def test_error_pickle_refused_unless_allowed(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
-    with pytest.raises(ValueError, match="pickle"):
+    with pytest.raises(ConfigError, match="pickle") as err:
         read_state_dict(str(tmp_path))
+    assert "--allow-pickle" in str(err.value) and "model.allow_pickle=true" in str(err.value)
+
+
+def test_pickle_checkpoint_loads_when_allowed_from_a_train_config(tmp_path, minilm_dir):
+    """A ``pytorch_model.bin``-only copy of MiniLM: refused by default, and with ``model.allow_pickle`` the
+    trainer's model equals the safetensors original bit for bit."""
+    from safetensors.numpy import load_file
+
+    from distill_jax.config import DataConfig, ModelConfig, TrainConfig
+    from distill_jax.train.state import make_model
+
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        if os.path.exists(os.path.join(minilm_dir, name)):
+            shutil.copy(os.path.join(minilm_dir, name), tmp_path / name)
+    state = load_file(os.path.join(minilm_dir, "model.safetensors"))
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in state.items()}, str(tmp_path / "pytorch_model.bin"))
+    cfg = TrainConfig(model=ModelConfig(kind="dense", checkpoint=str(tmp_path)), data=DataConfig(source="synthetic"))
+    with pytest.raises(ConfigError, match="allow_pickle"):
+        make_model(cfg)
+    _, _, pickled = make_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, allow_pickle=True)))
+    _, _, original = make_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=minilm_dir)))
+    assert jax.tree.structure(pickled) == jax.tree.structure(original)
+    for a, b in zip(jax.tree.leaves(pickled), jax.tree.leaves(original)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_error_token_ids_beyond_vocabulary():

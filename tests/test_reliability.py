@@ -142,6 +142,30 @@ def test_import_scores_refuses_other_inputs_and_never_deletes_foreign_files(tmp_
     assert (ds_dir / "notes.txt").read_text() == "mine" and (out / "other.txt").read_text() == "mine too"
 
 
+def test_score_reads_a_pickle_only_teacher_only_when_allowed(tmp_path, teacher, capsys):
+    """``pytorch_model.bin`` instead of safetensors: one-line refusal naming ``--allow-pickle`` (exit 2); with
+    the flag, the same scores as the safetensors teacher."""
+    import torch
+    from safetensors.numpy import load_file
+
+    col = tmp_path / "col"
+    _collection(col)
+    pickled = tmp_path / "pickled" / "tiny-ce"
+    shutil.copytree(teacher, pickled)
+    state = load_file(str(pickled / "model.safetensors"))
+    os.remove(pickled / "model.safetensors")
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in state.items()}, str(pickled / "pytorch_model.bin"))
+    capsys.readouterr()
+    assert _score(str(pickled), col, col / "cands.jsonl", tmp_path / "refused") == 2
+    _one_line_error(capsys, "pytorch_model.bin", "--allow-pickle")
+    assert _score(str(pickled), col, col / "cands.jsonl", tmp_path / "a", "--allow-pickle") == 0
+    assert _score(teacher, col, col / "cands.jsonl", tmp_path / "b") == 0
+    a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for q in a:
+        np.testing.assert_array_equal(np.asarray(a[q]["scores"]), np.asarray(b[q]["scores"]))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 3. score resumes only onto the same inputs
 # ---------------------------------------------------------------------------------------------------------------

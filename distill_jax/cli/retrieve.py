@@ -57,11 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-queries", type=int, default=10, help="queries timed one at a time (0: skip)")
     p.add_argument("--report", default=None, metavar="REPORT.json", help="write the cost figures as JSON")
     p.add_argument("--tag", default=None, help="the TREC run's tag column (default: the model kind)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read a model directory holding only pytorch_model.bin (a pickle: trust its source)")
     return p
 
 
 def _options(args) -> dict:
-    out = {}
+    out = {"allow_pickle": True} if args.allow_pickle else {}
     if args.pooling:
         out["pooling"] = args.pooling
     if args.normalize is not None:

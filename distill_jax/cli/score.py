@@ -37,12 +37,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--empty-docs", default="raise", choices=("raise", "skip", "keep"),
                    help="collection documents with no title and no text (Cranfield has two): stop, leave them "
                         "(and their judgements) out, or score them as empty passages")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read a teacher directory holding only pytorch_model.bin (a pickle: trust its source)")
     a = p.parse_args(argv)
     buckets = (tuple(int(x) for x in a.buckets.split(",")) if a.buckets else
                tuple(b for b in (64, 128, 192) if b < a.max_length) + (a.max_length,))
     cfg = ScoreConfig(tuple(a.teacher), a.collection, a.candidates, a.out, a.split, a.num_shards, a.max_length,
                       buckets, a.batch_size, a.dtype, a.max_candidates, bad_records=a.bad_records,
-                      max_skip_fraction=a.max_skip_fraction, empty_docs=a.empty_docs)
+                      max_skip_fraction=a.max_skip_fraction, empty_docs=a.empty_docs,
+                      allow_pickle=a.allow_pickle)
     from distill_jax import distributed
 
     distributed.initialize_if_multihost()  # host h of P scores shards h, h+P, ... (same variables as train)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from distill_jax.config import ConfigError
 from distill_jax.models.encoder import EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -174,8 +175,9 @@ def read_state_dict(path: str, allow_pickle: bool = False, kind: str | None = No
     ``modules.json``, a ``1_Dense`` folder still contributes ``linear.weight`` (older PyLate exports).
 
     Raises:
-      FileNotFoundError: no weights; ValueError: a pickle without ``allow_pickle``, more than one Dense module,
-        or a Dense module that is not a bias-free linear map (the message names its config file).
+      FileNotFoundError: no weights; ConfigError (a ValueError): a pickle without ``allow_pickle`` (the message
+        names the flag or field that allows it); ValueError: more than one Dense module, or a Dense module that is
+        not a bias-free linear map (the message names its config file).
     """
     modules = read_modules(path)
     state = _read_weights(transformer_dir(path), allow_pickle)
@@ -212,9 +214,10 @@ def _read_weights(path: str, allow_pickle: bool) -> dict[str, np.ndarray]:
         return state
     if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
         if not allow_pickle:
-            raise ValueError(
-                f"{path} holds only pytorch_model.bin, a pickle that can run code when loaded; convert it to "
-                "safetensors, or pass allow_pickle=True if you trust its source"
+            raise ConfigError(
+                f"{path} holds only pytorch_model.bin, a pickle that can run code when loaded: convert it to "
+                "safetensors, or, if you trust its source, allow it (`--allow-pickle` on score / retrieve, "
+                "`--set model.allow_pickle=true` on train / train-teacher)"
             )
         import torch
 

@@ -57,6 +57,7 @@ class ScoreConfig:
       bad_records: a bad candidate list or scored record: "raise" (stop, naming it) or "skip" (drop, count).
       max_skip_fraction: with "skip", still stop when more than this fraction of the queries is bad.
       empty_docs: collection documents with no text: "raise", "skip" or "keep" (see ``load_collection``).
+      allow_pickle: read a teacher directory holding only ``pytorch_model.bin`` (a pickle; trusted sources only).
     """
 
     teachers: tuple[str, ...]
@@ -73,6 +74,7 @@ class ScoreConfig:
     bad_records: str = "raise"
     max_skip_fraction: float = 0.001
     empty_docs: str = "raise"
+    allow_pickle: bool = False
 
     def __post_init__(self):
         if not self.teachers:
@@ -221,7 +223,7 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
     policy = BadInputPolicy(cfg.bad_records, cfg.max_skip_fraction)
     if todo:
         collection, lists, stats["records_skipped"] = checked_candidate_lists(cfg, policy)
-        teachers = [load_teacher(t, cfg.dtype, cfg.batch_size, cfg.buckets) for t in cfg.teachers]
+        teachers = [load_teacher(t, cfg.dtype, cfg.batch_size, cfg.buckets, cfg.allow_pickle) for t in cfg.teachers]
         record_manifest(cfg, manifest)
         total = sum(len(p) for s in todo for _, p, _ in lists[s]) * len(teachers)
         start = time.perf_counter()

@@ -142,14 +142,15 @@ def score_pairs(scorer, tok, queries: Sequence[str], passages: Sequence[str], ma
 
 
 def load_teacher(path: str, dtype: str = "float32", batch_size: int = 128,
-                 buckets: tuple[int, ...] = (64, 128, 192, 256)):
-    """(scorer, tokenizer) for a cross-encoder checkpoint, on this host's devices."""
+                 buckets: tuple[int, ...] = (64, 128, 192, 256), allow_pickle: bool = False):
+    """(scorer, tokenizer) for a cross-encoder checkpoint, on this host's devices (``allow_pickle``: read a
+    ``pytorch_model.bin``-only directory)."""
     import jax.numpy as jnp
 
     from distill_jax.data.tokenize import load_tokenizer
     from distill_jax.models import load_pretrained
 
-    model, params = load_pretrained("cross_encoder", path, dtype=jnp.dtype(dtype))
+    model, params = load_pretrained("cross_encoder", path, dtype=jnp.dtype(dtype), allow_pickle=allow_pickle)
     return PairScorer(model, params, batch_size=batch_size, buckets=buckets), load_tokenizer(path)
 
 
