@@ -6,6 +6,7 @@ are skipped by an explicit option; shards are checked on open and written byte-f
 user errors are one line with exit code 2; metrics.jsonl has one row per step after a resume.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -635,3 +636,24 @@ def test_sigkill_trials_resume_bit_exact(tmp_path):
     assert out["restores_ok"] == out["restarts"] and out["restored_hash_equal"] == out["trials"], out
     assert out["loss_mismatches"] == 0 and out["final_sha256_equal"], out
     assert out["unreadable_finished_steps"] == 0 and out["leftover_tmp_dirs_after_restart"] == 0, out
+
+
+def test_synthetic_loader_refuses_a_position_from_other_settings():
+    """The synthetic loader's resume check names the field, both values and the fix (as the dataset loader's)."""
+    from distill_jax.config import ConfigError, DataConfig
+    from distill_jax.data.synthetic import SyntheticBatches
+
+    data = DataConfig(source="synthetic", batch_size=8, seed=3)
+    saved = SyntheticBatches(data, "colbert", 512)
+    next(saved)
+    state = saved.get_state()
+    again = SyntheticBatches(data, "colbert", 512)
+    again.set_state(state)
+    np.testing.assert_array_equal(next(again)["docs"]["input_ids"], saved.global_batch(1)["docs"]["input_ids"])
+    for field, value in (("seed", 4), ("batch_size", 16)):
+        other = SyntheticBatches(DataConfig(**{**dataclasses.asdict(data), field: value}), "colbert", 512)
+        with pytest.raises(ConfigError, match=f"data.{field}={getattr(data, field)}, this run has data.{field}="
+                                              f"{value}.*new workdir"):
+            other.set_state(state)
+    with pytest.raises(ConfigError, match="not to synthetic batches"):
+        again.set_state({"kind": "dataset", "position": 1})

@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from distill_jax.config import DataConfig
+from distill_jax.config import ConfigError, DataConfig
 
 
 class SyntheticBatches:
@@ -38,12 +38,26 @@ class SyntheticBatches:
         self.position = 0
 
     def get_state(self) -> dict[str, Any]:
-        return {"kind": "synthetic", "seed": self.data.seed, "position": self.position}
+        return {"kind": "synthetic", "seed": self.data.seed, "batch_size": self.data.batch_size,
+                "position": self.position}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != "synthetic" or state.get("seed") != self.data.seed:
-            raise ValueError(f"data iterator state {state} does not belong to a synthetic loader with seed "
-                             f"{self.data.seed}")
+        """Resumes at a saved position.
+
+        Raises:
+          ConfigError (a ValueError): the position was saved by another loader (a dataset's) or with another
+            ``data.seed`` / ``data.batch_size``, naming the field, both values and the fix.
+        """
+        fix = ("resume with the settings the run was started with (its work directory's config.json), or train "
+               "these settings in a new workdir")
+        if state.get("kind") != "synthetic":
+            raise ConfigError(f"the saved data position belongs to a {state.get('kind', 'dataset')!r} loader, not "
+                              f"to synthetic batches (data.source changed?): {fix}")
+        for field in ("seed", "batch_size"):
+            saved, now = state.get(field, getattr(self.data, field)), getattr(self.data, field)
+            if saved != now:
+                raise ConfigError(f"the saved data position was drawn with data.{field}={saved}, this run has "
+                                  f"data.{field}={now}: {fix}")
         self.position = int(state["position"])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
