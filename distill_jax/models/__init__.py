@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ColBERT", "ColBERTConfig", "CrossEncoder", "DenseEncoder", "Encoder", "EncoderConfig", "Splade",
-    "build_model", "init_params", "load_pretrained", "check_token_ids", "MODEL_KINDS",
+    "build_model", "init_params", "load_pretrained", "check_token_ids", "select_layers", "MODEL_KINDS",
 ]
 
 MODELS.register("cross_encoder", CrossEncoder)
@@ -85,3 +86,29 @@ def load_pretrained(kind: str, name_or_path: str, dtype: Any = jnp.float32, rema
     params = import_params(kind, cfg, read_state_dict(path, allow_pickle, kind=kind), fresh, source=path,
                            projection=bool(options.get("projection_dim")), fresh_head=fresh_head)
     return model, jax.tree.map(jnp.asarray, params)
+
+
+def select_layers(cfg: EncoderConfig, params: dict[str, Any], layers: Sequence[int]
+                  ) -> tuple[EncoderConfig, dict[str, Any]]:
+    """A shallower encoder made of some layers of ``params``: its layer i is layer ``layers[i]`` of the source
+    (``(0, 1)``: the first two, as self-distilled and TinyBERT-style students start; ``(0, 2, 4)``: every other
+    one, as DistilBERT). Embeddings and heads are kept; arrays are shared, not copied.
+
+    Args:
+      cfg: the source geometry; params: the source model's parameters (``params["encoder"]["layer_<i>"]``).
+      layers: source layer numbers, 0-based.
+
+    Returns:
+      (the geometry with ``num_layers=len(layers)``, the parameters of that model).
+
+    Raises:
+      ValueError: a layer the source does not have (the message gives its depth).
+    """
+    layers = tuple(int(i) for i in layers)
+    bad = [i for i in layers if not 0 <= i < cfg.num_layers]
+    if bad or not layers:
+        raise ValueError(f"init_layers {layers}: the starting weights have {cfg.num_layers} encoder layers "
+                         f"(0..{cfg.num_layers - 1}); choose at least one of those")
+    encoder = {k: v for k, v in params["encoder"].items() if not k.startswith("layer_")}
+    encoder.update({f"layer_{new}": params["encoder"][f"layer_{old}"] for new, old in enumerate(layers)})
+    return dataclasses.replace(cfg, num_layers=len(layers)), {**params, "encoder": encoder}

@@ -1,9 +1,12 @@
-"""A run's batches when one tokenisation layout is not enough: the online teacher's (query, passage) pairs beside
-the student's query/document groups, or a second student whose layout differs (ColBERT markers vs SPLADE text).
+"""A run's batches when one tokenisation layout is not enough: the online teacher's own groups when its layout
+differs from the student's (a cross-encoder's (query, passage) pairs beside a ColBERT student's query/document
+groups, a ColBERT teacher's markers beside a dense student's plain text; a teacher of the student's layout reads
+the student's groups), or a second student whose layout differs (ColBERT markers vs SPLADE text).
 
 Each extra view is the run's own loader for another model kind over the same data and seed, so record ``r`` of
 step ``s`` is the same in every view (checked on every batch by the record ``index``); its token groups join the
-batch under a prefix: ``teacher_pairs`` for the teacher, ``<student>/query`` and ``<student>/docs`` for a student
+batch under a prefix: ``teacher_pairs`` (``teacher_query``, ``teacher_docs``) for the teacher, ``<student>/query``
+and ``<student>/docs`` for a student
 (:func:`distill_jax.train.step.student_batch` reads them back).
 """
 
@@ -66,10 +69,14 @@ def loader_for_run(cfg: TrainConfig, vocab_size: int, teacher_vocab_size: int | 
         kind = kinds.get(sub.model.kind)
         if kind.layout != layout:
             extras[f"{name}/"] = (loader_for(sub, vocab_size), kind.groups)
-    if cfg.teacher.online:
-        teacher = dataclasses.replace(first, model=dataclasses.replace(first.model, kind=cfg.teacher.model.kind))
-        extras["teacher_"] = (loader_for(teacher, teacher_vocab_size or vocab_size),
-                              kinds.get(cfg.teacher.model.kind).groups)
+    teacher_kind = kinds.get(cfg.teacher.model.kind)
+    if cfg.teacher.online and teacher_kind.layout != layout:
+        teacher = dataclasses.replace(first, model=dataclasses.replace(first.model, kind=teacher_kind.name))
+        extras["teacher_"] = (loader_for(teacher, teacher_vocab_size or vocab_size), teacher_kind.groups)
+    elif cfg.teacher.online and teacher_vocab_size not in (None, vocab_size):
+        raise ValueError(f"the online teacher reads the student's tokens (same layout), but its vocabulary has "
+                         f"{teacher_vocab_size} rows and the student's {vocab_size}: teacher and student need the "
+                         "same tokenizer")
     if not extras:
         return main
     return ZippedBatches(main, extras, drop=("teacher_scores",) if cfg.teacher.online else ())

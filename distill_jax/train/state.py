@@ -8,6 +8,7 @@ where it lives: no host-side copy of the full model on any device.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, NamedTuple
@@ -21,7 +22,7 @@ import optax
 
 from distill_jax import distributed, kinds
 from distill_jax.config import ModelConfig, OptimConfig, TrainConfig
-from distill_jax.models import EncoderConfig, build_model, dummy_batch, init_params, load_pretrained
+from distill_jax.models import EncoderConfig, build_model, dummy_batch, init_params, load_pretrained, select_layers
 from distill_jax.models.hf import resolve_checkpoint_dir, transformer_dir
 
 log = logging.getLogger(__name__)
@@ -57,21 +58,74 @@ def encoder_config(cfg: ModelConfig) -> EncoderConfig:
                          attention_dropout=cfg.dropout)
 
 
+def compute_dtype(m: ModelConfig):
+    return jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
+
+
+def starting_weights(m: ModelConfig, data_cfg, seed: int, directory_options: bool = False
+                     ) -> tuple[nn.Module, EncoderConfig, dict | None]:
+    """The model ``m`` describes and the weights it starts from, ``model.init_layers`` applied.
+
+    Sources: ``m.checkpoint`` empty (random: the parameters are None, the caller initialises them); a
+    ``distill-jax train`` work directory (its best, else latest, checkpoint, with the geometry and head options
+    it was trained with); a Hugging Face / exported directory (:func:`distill_jax.models.load_pretrained`; build
+    options from ``m``, or with ``directory_options`` only those the directory states, as a frozen teacher
+    wants).
+
+    Returns:
+      (model, encoder geometry, parameters as host arrays or None).
+
+    Raises:
+      ValueError: a work directory of another kind or of several students, layers it does not have.
+    """
+    from distill_jax.train.checkpoint import restore_params
+
+    dtype = compute_dtype(m)
+    options = kinds.get(m.kind).model_options(m, data_cfg)
+    if not m.checkpoint:
+        enc = encoder_config(m)
+        return build_model(m.kind, enc, dtype=dtype, remat=m.remat, **options), enc, None
+    if os.path.isdir(os.path.join(m.checkpoint, "checkpoints")):
+        params, step, saved = restore_params(m.checkpoint)
+        if saved.students:
+            names = ", ".join(s.name for s in saved.students)
+            raise ValueError(f"{m.checkpoint} holds several students ({names}); export the one to start from and "
+                             "point the checkpoint at its directory")
+        if saved.model.kind != m.kind:
+            raise ValueError(f"checkpoint {m.checkpoint} holds a {saved.model.kind}, not a {m.kind}")
+        enc = (EncoderConfig.from_pretrained_dir(transformer_dir(resolve_checkpoint_dir(saved.model.checkpoint)))
+               if saved.model.checkpoint else encoder_config(saved.model))  # the geometry it was trained with
+        enc, params = _initial_layers(m, enc, params)
+        model = build_model(m.kind, enc, dtype=dtype, remat=m.remat,
+                            **kinds.get(m.kind).model_options(saved.model, data_cfg))
+        log.info("weights of %s: %s step %d", m.kind, m.checkpoint, step)
+        return model, enc, params
+    model, params = load_pretrained(m.kind, m.checkpoint, dtype=dtype, remat=m.remat, seed=seed,
+                                    fresh_head=(m.splade_head_z, m.splade_head_scale),
+                                    **({} if directory_options else options))
+    enc, params = _initial_layers(m, model.cfg, jax.device_get(params))
+    return model.clone(cfg=enc), enc, params
+
+
+def _initial_layers(m: ModelConfig, enc: EncoderConfig, params):
+    return select_layers(enc, params, m.init_layers) if m.init_layers else (enc, params)
+
+
 def make_model(cfg: TrainConfig) -> tuple[nn.Module, EncoderConfig, dict | None]:
-    """Builds the model; loads Hugging Face weights when ``model.checkpoint`` is set.
+    """Builds the student; loads its starting weights (``model.checkpoint``, or the teacher's with
+    ``teacher.init_student``: the teacher's model with ``model.init_layers`` of its layers, the student's own
+    dropout, dtype and remat).
 
     Returns:
       (model, encoder geometry, pretrained params as host arrays or None).
     """
     m = cfg.model
-    dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
-    options = kinds.get(m.kind).model_options(m, cfg.data)
-    if m.checkpoint:
-        model, params = load_pretrained(m.kind, m.checkpoint, dtype=dtype, remat=m.remat, seed=cfg.seed,
-                                        fresh_head=(m.splade_head_z, m.splade_head_scale), **options)
-        return model, model.cfg, jax.device_get(params)
-    enc = encoder_config(m)
-    return build_model(m.kind, enc, dtype=dtype, remat=m.remat, **options), enc, None
+    if not cfg.teacher.init_student:
+        return starting_weights(m, cfg.data, cfg.seed)
+    teacher, enc, params = teacher_weights(cfg)
+    enc = dataclasses.replace(enc, hidden_dropout=m.dropout, attention_dropout=m.dropout)
+    enc, params = _initial_layers(m, enc, params)
+    return teacher.clone(cfg=enc, dtype=compute_dtype(m), remat=m.remat), enc, params
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,32 +319,28 @@ class Teacher(NamedTuple):
     shardings: Any
 
 
-def make_teacher(cfg: TrainConfig, mesh) -> Teacher:
-    """Loads ``cfg.teacher`` onto the mesh: a ``distill-jax train`` work directory (its best, else latest,
-    checkpoint: ``train-teacher`` output), an exported / Hugging Face cross-encoder directory, or (no checkpoint)
-    a random initialisation from ``teacher.seed`` with the geometry of ``teacher.model``. In bfloat16 the frozen
-    parameters are stored in bfloat16 too (no master copy is needed for parameters that never change)."""
-    from distill_jax.train.checkpoint import restore_params
-
+def teacher_weights(cfg: TrainConfig) -> tuple[nn.Module, EncoderConfig, Any]:
+    """``cfg.teacher``'s model, geometry and float32 host parameters (:func:`starting_weights` of its model; a
+    teacher without checkpoint is initialised from ``teacher.seed``, with a warning)."""
     t = cfg.teacher.model
-    dtype = jnp.bfloat16 if t.dtype == "bfloat16" else jnp.float32
-    if not t.checkpoint:
-        log.warning("teacher.model.checkpoint is empty: the online teacher is randomly initialised (seed %d)",
+    model, enc, params = starting_weights(t, cfg.data, cfg.teacher.seed, directory_options=True)
+    if params is None:
+        log.warning("teacher.model.checkpoint is empty: the teacher is randomly initialised (seed %d)",
                     cfg.teacher.seed)
-        model = build_model(t.kind, encoder_config(t), dtype=dtype)
-        params = init_params(model, jax.random.key(cfg.teacher.seed), INIT_LENGTH)
-    elif os.path.isdir(os.path.join(t.checkpoint, "checkpoints")):
-        params, step, saved = restore_params(t.checkpoint)
-        if saved.model.kind != t.kind:
-            raise ValueError(f"teacher checkpoint {t.checkpoint} holds a {saved.model.kind}, not a {t.kind}")
-        enc = (EncoderConfig.from_pretrained_dir(transformer_dir(resolve_checkpoint_dir(saved.model.checkpoint)))
-               if saved.model.checkpoint else encoder_config(saved.model))  # the geometry it was trained with
-        model = build_model(t.kind, enc, dtype=dtype)
-        log.info("online teacher: %s step %d", t.checkpoint, step)
-    else:
-        model, params = load_pretrained(t.kind, t.checkpoint, dtype=dtype)
+        params = jax.device_get(init_params(model, jax.random.key(cfg.teacher.seed), INIT_LENGTH))
+    return model, enc, params
+
+
+def make_teacher(cfg: TrainConfig, mesh) -> Teacher:
+    """Loads ``cfg.teacher`` onto the mesh (:func:`teacher_weights`): a model of any kind from a ``distill-jax
+    train`` work directory (its best, else latest, checkpoint: e.g. ``train-teacher`` output or a trained
+    ColBERT), an exported / Hugging Face directory, or (no checkpoint) a random initialisation from
+    ``teacher.seed`` with the geometry of ``teacher.model``. In bfloat16 the frozen parameters are stored in
+    bfloat16 too (no master copy is needed for parameters that never change)."""
+    model, _, params = teacher_weights(cfg)
+    dtype = compute_dtype(cfg.teacher.model)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(INIT_LENGTH, 1))["params"])
     shardings = distributed.logical_shardings(nn.get_partition_spec(boxed), mesh)
     _check_same_tree(nn.unbox(boxed), params)
     params = jax.device_put(jax.tree.map(lambda x: np.asarray(x).astype(dtype), params), shardings)
-    return Teacher(t.kind, model, params, shardings)
+    return Teacher(cfg.teacher.model.kind, model, params, shardings)

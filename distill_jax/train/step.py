@@ -63,6 +63,7 @@ def make_loss_fn(model, cfg: TrainConfig) -> Callable:
     terms = [(t, objectives.get(t.name)) for t in lc.terms()]
     objectives.check_terms([t for t, _ in terms], kind)
     in_batch = objectives.wants_in_batch([t for t, _ in terms])
+    capture = objectives.student_layers([t for t, _ in terms])
     for name in (lc.regularizer_q, lc.regularizer_d):  # unknown names fail here, not inside the trace
         if name:
             REGULARIZERS.get(name)
@@ -70,7 +71,7 @@ def make_loss_fn(model, cfg: TrainConfig) -> Callable:
     def loss_fn(params, batch, rng, step):
         weight = batch["weight"].astype(jnp.float32)  # [B]: 0 = padding example
         mask = batch["mask"].astype(jnp.float32) * weight[:, None]  # [B, N]
-        products = objectives.Products(kind, model, params, batch, rng, mask, weight, in_batch)
+        products = objectives.Products(kind, model, params, batch, rng, mask, weight, in_batch, capture)
         total, means = None, {}
         for term, objective in terms:
             value = objective.fn(products, term)
@@ -210,10 +211,37 @@ def multi_student_step_fn(models: dict, cfg: TrainConfig, txs: dict, schedules: 
     return train_step
 
 
+TEACHER_PREFIX = "teacher_"  # the teacher's own token groups in a batch (batches.loader_for_run): teacher_pairs
+
+
+def teacher_view(teacher: Teacher, batch: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's token groups: its own view (``teacher_<group>``) when its layout differs from the student's,
+    else the student's groups (same layout, same tokens)."""
+    return {g: batch.get(TEACHER_PREFIX + g, batch.get(g)) for g in get_kind(teacher.kind).groups}
+
+
+def teacher_outputs(teacher: Teacher, params, batch: dict[str, Any],
+                    needs: objectives.TeacherNeeds = objectives.TeacherNeeds()) -> dict[str, Any]:
+    """The online teacher's outputs on the batch, as batch fields (deterministic, under ``stop_gradient``):
+    ``teacher_scores`` [B, N] float32 always, and what ``needs`` lists: ``teacher_in_batch`` [B, B*N],
+    ``teacher_reps_query`` / ``teacher_reps_docs`` (its vectors; ColBERT: [B, Lq, D] / [B, N, Ld, D]),
+    ``teacher_hidden_<group>`` ({layer: [..., L, H]})."""
+    kind = get_kind(teacher.kind)
+    out = kind.forward(teacher.model, params, teacher_view(teacher, batch), in_batch=needs.in_batch,
+                       capture=needs.layers)
+    fields = {"teacher_scores": out.scores.astype(jnp.float32)}
+    if needs.in_batch:
+        fields["teacher_in_batch"] = out.in_batch.astype(jnp.float32)
+    if needs.reps:
+        fields.update(teacher_reps_query=out.query_reps, teacher_reps_docs=out.doc_reps)
+    for group, hidden in (out.hidden or {}).items():
+        fields[f"teacher_hidden_{group}"] = hidden
+    return jax.lax.stop_gradient(fields)
+
+
 def teacher_scores(teacher: Teacher, params, batch: dict[str, Any]) -> Array:
-    """The online teacher's [B, N] float32 scores of the batch's ``teacher_pairs`` (deterministic, no gradient)."""
-    out = get_kind(teacher.kind).forward(teacher.model, params, {"pairs": batch["teacher_pairs"]})
-    return jax.lax.stop_gradient(out.scores.astype(jnp.float32))
+    """The online teacher's [B, N] float32 scores of the batch (deterministic, no gradient)."""
+    return teacher_outputs(teacher, params, batch)["teacher_scores"]
 
 
 def make_step_fn(model, cfg: TrainConfig, tx, schedule=None, mesh=None, teacher: Teacher | None = None
@@ -221,25 +249,39 @@ def make_step_fn(model, cfg: TrainConfig, tx, schedule=None, mesh=None, teacher:
     """The pure (un-jitted) ``train_step(state, batch[, teacher_params]) -> (state, metrics)``.
 
     ``model``, ``tx``, ``schedule``: one each, or dicts by student name when ``cfg.students`` is set
-    (:func:`multi_student_step_fn`). With ``teacher`` (online distillation) the step takes the teacher's frozen
-    parameters as a third argument, scores the batch's (query, passage) pairs with them and uses those scores as
-    ``teacher_scores`` (also returned as the metric ``teacher_scores`` [B, N]); the teacher is never
-    differentiated.
+    (:func:`multi_student_step_fn`). With ``teacher`` (online distillation; a frozen model of any kind) the step
+    takes the teacher's frozen parameters as a third argument, runs the teacher on the batch (its own token
+    groups, or the student's when the layouts agree) and uses its scores as ``teacher_scores`` (also returned as
+    the metric ``teacher_scores`` [B, N]) and, when an objective asks, its in-batch scores, vectors or hidden
+    states (:func:`teacher_outputs`); the teacher is never differentiated.
+
+    Raises:
+      ConfigError: an objective asks the teacher for what it cannot give (:func:`objectives.check_teacher`).
     """
     if cfg.students:
         inner = multi_student_step_fn(model, cfg, tx, schedule, mesh)
     else:
         inner = student_step_fn(model, cfg, tx, schedule, mesh)
+    needs = objectives.TeacherNeeds()
+    for name, sub in cfg.student_configs():
+        terms = sub.loss.terms()
+        objectives.check_teacher(terms, get_kind(sub.model.kind), teacher and get_kind(teacher.kind),
+                                 model[name] if cfg.students else model, teacher and teacher.model,
+                                 sub.optim.grad_accum)
+        wanted = objectives.teacher_needs(terms)
+        needs = objectives.TeacherNeeds(needs.in_batch or wanted.in_batch, needs.reps or wanted.reps,
+                                        tuple(sorted(set(needs.layers) | set(wanted.layers))))
+    own_groups = () if teacher is None else tuple(TEACHER_PREFIX + g for g in get_kind(teacher.kind).groups)
 
     def train_step(state: TrainState, batch: dict[str, Any], teacher_params=None):
         train_step.traces += 1  # Python runs only while jax traces: one trace per compiled shape
         batch = {n: v for n, v in batch.items() if n not in HOST_ONLY_KEYS}
         if teacher is None:
             return inner(state, batch)
-        scores = teacher_scores(teacher, teacher_params, batch)
-        batch = {**{n: v for n, v in batch.items() if n != "teacher_pairs"}, "teacher_scores": scores}
+        fields = teacher_outputs(teacher, teacher_params, batch, needs)
+        batch = {**{n: v for n, v in batch.items() if n not in own_groups}, **fields}
         new_state, metrics = inner(state, batch)
-        return new_state, {**metrics, "teacher_scores": scores}
+        return new_state, {**metrics, "teacher_scores": fields["teacher_scores"]}
 
     train_step.traces = 0
     return train_step
