@@ -101,7 +101,7 @@ def starting_weights(m: ModelConfig, data_cfg, seed: int, directory_options: boo
         log.info("weights of %s: %s step %d", m.kind, m.checkpoint, step)
         return model, enc, params
     model, params = load_pretrained(m.kind, m.checkpoint, dtype=dtype, remat=m.remat, seed=seed,
-                                    fresh_head=(m.splade_head_z, m.splade_head_scale),
+                                    allow_pickle=m.allow_pickle, fresh_head=(m.splade_head_z, m.splade_head_scale),
                                     **({} if directory_options else options))
     enc, params = _initial_layers(m, model.cfg, jax.device_get(params))
     return model.clone(cfg=enc), enc, params
