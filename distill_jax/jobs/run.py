@@ -721,8 +721,10 @@ def stage_retrieve(cfg: RunConfig) -> dict:
             bm25 = bm25_run(col, e.depth)
         return bm25
 
-    # The teacher's reranking (the most expensive run) goes last: a job cut off late has every student's run.
-    for name, _ in sorted(run_names(cfg), key=lambda row: row[0] == "teacher"):
+    # The students first, then the teacher's reranking (the most expensive run), then the base checkpoint as
+    # shipped (no training: the same run every time): a job cut off late has every student's run.
+    later = {"teacher": 1, "base_dense": 2}
+    for name, _ in sorted(run_names(cfg), key=lambda row: later.get(row[0], 0)):
         path = p.run_file(name)
         if os.path.isfile(path):
             continue  # written atomically by an earlier, interrupted attempt
