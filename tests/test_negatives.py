@@ -136,3 +136,21 @@ def test_candidates_files_and_merge_command(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"qid": 1, "pos": [2]}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: expected"):
         read_candidates(str(tmp_path / "bad.jsonl"))
+
+
+def test_bm25_pair_scores_equal_the_search_scores_and_the_reference():
+    docs = ["apple banana apple", "banana cherry", "cherry cherry cherry date", "date apple fig grape", "kiwi"]
+    ids = [f"d{i}" for i in range(len(docs))]
+    from distill_jax.data.negatives import BM25Index
+
+    index = BM25Index(ids, docs, BM25Config(k1=1.2, b=0.75, stopwords=None))
+    queries = ["apple cherry", "kiwi zebra", "zebra"]  # a term the index never saw; a query of unseen terms only
+    texts = [q for q in queries for _ in ids]
+    pairs = index.pair_scores(texts, ids * len(queries)).reshape(len(queries), len(ids))
+    for row, q in enumerate(queries):
+        ref = _lucene_bm25(q, docs, 1.2, 0.75)
+        np.testing.assert_allclose(pairs[row], ref, rtol=1e-5, atol=1e-7)
+        found = dict(index.search({"q": q}, 5)["q"])
+        assert {d: float(pairs[row][ids.index(d)]) for d in found} == pytest.approx(found, rel=1e-6)
+    with pytest.raises(KeyError, match="'d9' is not in the BM25 index"):
+        index.pair_scores(["apple"], ["d9"])

@@ -103,8 +103,10 @@ def test_scifact_job_twins_differ_from_their_students_only_by_the_teacher_term()
         t = job.student_train_config(cfg, twin)
         assert [o.name for o in d.loss.terms()] == ["infonce", "kl"] and [o.name for o in t.loss.terms()] == ["infonce"]
         kl = d.loss.terms()[1]
-        # the student's side of the KL is at its InfoNCE temperature; the teacher's is softened
-        assert kl.hp["temperature"] == d.loss.hp["temperature"] and kl.hp["teacher_temperature"] == 3.0
+        # the student's side of the KL is at its InfoNCE temperature; the teacher's is the ensemble's
+        assert kl.hp["temperature"] == d.loss.hp["temperature"] and kl.hp["teacher_temperature"] == 0.75
+        # the teacher is the cross-encoder + BM25 ensemble for both (its order picks the random negatives)
+        assert d.data.teacher_combine == t.data.teacher_combine == "zmean" and cfg.score.lexical
         assert dataclasses.replace(d.loss, objectives=()) == t.loss
         for field in ("model", "data", "optim", "steps", "seed"):
             assert getattr(d, field) == getattr(t, field), (twin.name, field)

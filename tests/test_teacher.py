@@ -130,3 +130,38 @@ def test_sigkill_and_resume_gives_the_uninterrupted_result(tmp_path, tiny_teache
         assert a[q]["pids"] == b[q]["pids"]
         np.testing.assert_array_equal(a[q]["scores"], b[q]["scores"])
     assert not [p for p in os.listdir(out) if ".tmp" in p]
+
+
+def test_lexical_column_beside_the_cross_encoder_and_its_ensemble(tmp_path, tiny_teacher):
+    """`score --teacher T --teacher bm25`: the second column is each pair's BM25 score (the index `mine` builds),
+    the first the cross-encoder's as when scored alone; the job's ensemble row combines them as the loader does."""
+    from distill_jax.data.collections import load_collection
+    from distill_jax.data.negatives import bm25_search
+    from distill_jax.data.pipeline import combine_teachers
+    from distill_jax.jobs.run import ensemble_rerank
+    from distill_jax.teacher.answer_key import BM25_TEACHER, ScoreConfig, run_score
+
+    root = tmp_path / "col"
+    _write_collection(root)
+    common = dict(collection=str(root), candidates=str(root / "cands.jsonl"), num_shards=2, max_length=64,
+                  buckets=(32, 64), batch_size=16)
+    run_score(ScoreConfig(teachers=(tiny_teacher,), out_dir=str(tmp_path / "one"), **common), 0, 1)
+    run_score(ScoreConfig(teachers=(tiny_teacher, BM25_TEACHER), out_dir=str(tmp_path / "two"), **common), 0, 1)
+    one, two = _read(tmp_path / "one"), _read(tmp_path / "two")
+    col = load_collection(str(root), "train")
+    doc_ids, texts = col.passages()
+    full = bm25_search(doc_ids, texts, col.queries, len(doc_ids))
+    assert one.keys() == two.keys() and len(two) == 12
+    for qid, rec in two.items():
+        np.testing.assert_array_equal(rec["scores"][:, 0], one[qid]["scores"][:, 0])
+        lexical = dict(full[qid])
+        want = [lexical.get(p.decode() if isinstance(p, bytes) else p, 0.0) for p in rec["pids"]]
+        np.testing.assert_allclose(rec["scores"][:, 1], want, rtol=1e-6)
+    # the ensemble reranker: BM25's top 3 reordered by the z-mean of (teacher, BM25), the rest below in BM25 order
+    first = {q: r[:5] for q, r in full.items() if len(r) >= 5}
+    teacher = {q: [(d, float(len(d) % 3)) for d, _ in r] for q, r in first.items()}
+    out = ensemble_rerank(first, teacher, depth=5, rerank_depth=3, how="zmean")
+    for q, r in first.items():
+        cols = np.array([[float(len(d) % 3), s] for d, s in r[:3]])
+        want = [r[i][0] for i in np.argsort(-combine_teachers(cols, "zmean"), kind="stable")]
+        assert [d for d, _ in out[q]] == want + [d for d, _ in r[3:]]

@@ -86,6 +86,35 @@ class BM25Index:
             run[qid] = [(self.doc_ids[int(i)], float(s)) for i, s in zip(idx[row], scores[row]) if s > 0]
         return run
 
+    def pair_scores(self, query_texts: Sequence[str], doc_ids: Sequence[str]) -> np.ndarray:
+        """BM25 score of each (query text, document id) pair [P] (0 where they share no term), the same scores
+        :meth:`search` ranks by: a lexical column beside a cross-encoder's in an answer key.
+
+        Raises:
+          KeyError: a document id that is not in the index (naming it).
+        """
+        import bm25s
+
+        c = self.config
+        row = {d: i for i, d in enumerate(self.doc_ids)}
+        missing = next((d for d in doc_ids if d not in row), None)
+        if missing is not None:
+            raise KeyError(f"document {missing!r} is not in the BM25 index ({len(self.doc_ids)} documents)")
+        out = np.zeros(len(doc_ids), np.float32)
+        by_query: dict[str, list[int]] = {}
+        for i, q in enumerate(query_texts):
+            by_query.setdefault(q, []).append(i)
+        texts = list(by_query)
+        tokens = bm25s.tokenize(texts, lower=c.lower, stopwords=c.stopwords, stemmer=self._stem, return_ids=False,
+                                show_progress=False)
+        for text, toks in zip(texts, tokens):
+            if not toks:
+                continue  # no indexed term: every score is 0
+            scores = self._retriever.get_scores(list(toks))
+            idx = by_query[text]
+            out[idx] = scores[[row[doc_ids[i]] for i in idx]]
+        return out
+
 
 def bm25_search(doc_ids: Sequence[str], doc_texts: Sequence[str], queries: dict[str, str], k: int,
                 config: BM25Config = BM25Config(), n_threads: int = 0) -> Run:

@@ -126,12 +126,16 @@ class ScoreSpec:
       num_shards: work units (a kill loses at most the shard in progress).
       batch_size: pairs per device call (a multiple of the local device count).
       dtype: "float32" or "bfloat16".
+      lexical: also write a BM25 column (each pair's BM25 score, ``--teacher bm25``) beside the cross-encoder's:
+        the students' teacher is then the ensemble ``training.teacher_combine`` makes of the two, and the table
+        gains its row (the teacher's and BM25's scores of BM25's top ``eval.rerank_depth`` combined the same way).
     """
 
     max_candidates: int = 7
     num_shards: int = 4
     batch_size: int = 32
     dtype: str = "float32"
+    lexical: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +168,8 @@ class TrainingSpec:
       sampling, top_k: the loader's candidate sampling: "random" from the top ``top_k`` of the scored
         candidates (0 = all of them, i.e. a random draw from BM25's negatives, so the twins' negatives owe nothing
         to the teacher) or "hardest" (the teacher's highest-scored negatives).
+      teacher_combine: how the answer key's columns become the teacher score ("mean", "zmean": per query and
+        column z-scores over its candidates, then the mean; "column": the first). Every student reads the same.
       checkpoint_every: save every this many steps (and at the end).
       seed: initialisation / dropout seed (the same for every student: the same start).
     """
@@ -177,6 +183,7 @@ class TrainingSpec:
     warmup_steps: int = 5
     sampling: str = "random"
     top_k: int = 0
+    teacher_combine: str = "mean"
     checkpoint_every: int = 20
     seed: int = 0
 
@@ -542,7 +549,8 @@ def student_train_config(cfg: RunConfig, spec: StudentSpec, tokenizer: str = "")
     data = dataclasses.replace(
         recipe.data, source="dataset", dataset_dir=p.scores, collection_dir=collection_dir(cfg), split="train",
         tokenizer=tokenizer, batch_size=t.batch_size, n_candidates=t.n_candidates, query_maxlen=t.query_maxlen,
-        doc_maxlen=t.doc_maxlen, sampling=t.sampling, top_k=t.top_k, seed=t.seed)
+        doc_maxlen=t.doc_maxlen, sampling=t.sampling, top_k=t.top_k, teacher_combine=t.teacher_combine,
+        teacher_column=0, seed=t.seed)
     optim = dataclasses.replace(recipe.optim, learning_rate=t.learning_rate, warmup_steps=t.warmup_steps)
     run = dataclasses.replace(
         recipe, name=spec.name, workdir=p.student(spec.name), steps=t.steps, seed=t.seed,
@@ -639,10 +647,11 @@ def stage_score(cfg: RunConfig) -> dict:
 
     from distill_jax.data.scores import load_teacher_scores
     from distill_jax.eval.rerank import pair_buckets
-    from distill_jax.teacher.answer_key import ScoreConfig, run_score
+    from distill_jax.teacher.answer_key import BM25_TEACHER, ScoreConfig, run_score
 
     p, s = Paths(cfg.workdir), cfg.score
-    score_cfg = ScoreConfig(teachers=(p.teacher_model,), collection=collection_dir(cfg), candidates=p.candidates,
+    teachers = (p.teacher_model, BM25_TEACHER) if s.lexical else (p.teacher_model,)
+    score_cfg = ScoreConfig(teachers=teachers, collection=collection_dir(cfg), candidates=p.candidates,
                             out_dir=p.scores, split="train", num_shards=s.num_shards,
                             max_length=cfg.teacher.pair_maxlen, buckets=pair_buckets(cfg.teacher.pair_maxlen),
                             batch_size=s.batch_size, dtype=s.dtype, max_candidates=s.max_candidates)
@@ -693,9 +702,37 @@ def rerank_on_top(first, reranked, depth: int):
     return out
 
 
+def ensemble_rerank(first, teacher, depth: int, rerank_depth: int, how: str):
+    """The students' ensemble teacher as a reranker: each query's top ``rerank_depth`` of ``first`` (BM25)
+    scored by ``combine_teachers`` of (the teacher's score, BM25's score), as the loader combines the answer
+    key's two columns; ``first``'s order below, cut to ``depth``.
+
+    Args:
+      first, teacher: runs ``{qid: [(doc id, score), ...]}``; ``teacher`` scores every top document of ``first``.
+    """
+    import numpy as np
+
+    from distill_jax.data.pipeline import combine_teachers
+
+    teacher_scores = {q: dict(r) for q, r in teacher.items()}
+    reranked = {}
+    for q, ranked in first.items():
+        top = ranked[:rerank_depth]
+        if not top:
+            continue
+        cols = np.array([[teacher_scores[q][d], s] for d, s in top], np.float64)  # [M, 2]
+        combined = combine_teachers(cols, how)
+        order = np.argsort(-combined, kind="stable")
+        reranked[q] = [(top[i][0], float(combined[i])) for i in order]
+    return rerank_on_top(first, reranked, depth)
+
+
 def run_names(cfg: RunConfig) -> list[tuple[str, str]]:
     """(run file name, table label) of every row, in table order."""
     rows = [("bm25", "BM25"), ("teacher", f"teacher (rerank BM25 top-{cfg.eval.rerank_depth})")]
+    if cfg.score.lexical:
+        rows.append(("teacher_bm25", f"teacher + BM25, {cfg.training.teacher_combine} (rerank BM25 top-"
+                                     f"{cfg.eval.rerank_depth})"))
     if cfg.eval.base_dense and not cfg.model.random_tiny:
         rows.append(("base_dense", f"{os.path.basename(cfg.model.checkpoint)} as shipped (dense)"))
     for s in cfg.students:
@@ -704,7 +741,7 @@ def run_names(cfg: RunConfig) -> list[tuple[str, str]]:
 
 
 def stage_retrieve(cfg: RunConfig) -> dict:
-    from distill_jax.data.candidates import write_trec_run
+    from distill_jax.data.candidates import read_trec_run, write_trec_run
     from distill_jax.eval.rerank import bm25_run
     from distill_jax.eval.retrieve import load_model, rerank, retrieve
 
@@ -723,7 +760,7 @@ def stage_retrieve(cfg: RunConfig) -> dict:
 
     # The students first, then the teacher's reranking (the most expensive run), then the base checkpoint as
     # shipped (no training: the same run every time): a job cut off late has every student's run.
-    later = {"teacher": 1, "base_dense": 2}
+    later = {"teacher": 1, "teacher_bm25": 2, "base_dense": 3}
     for name, _ in sorted(run_names(cfg), key=lambda row: later.get(row[0], 0)):
         path = p.run_file(name)
         if os.path.isfile(path):
@@ -737,6 +774,9 @@ def stage_retrieve(cfg: RunConfig) -> dict:
             reranked = rerank(rm, col.queries, dict(zip(doc_ids, doc_texts)), top, e.batch_size,
                               progress=cfg.progress)
             run = rerank_on_top(first_stage(), reranked, e.depth)
+        elif name == "teacher_bm25":
+            teacher_run = read_trec_run(p.run_file("teacher"))
+            run = ensemble_rerank(first_stage(), teacher_run, e.depth, e.rerank_depth, cfg.training.teacher_combine)
         else:
             if name == "base_dense":
                 rm = load_model(cfg.model.checkpoint, kind="dense", doc_maxlen=cfg.training.doc_maxlen,

@@ -44,6 +44,8 @@ class ScoreConfig:
 
     Attributes:
       teachers: cross-encoder checkpoint directories (or hub ids); several = an ensemble, one column each.
+        ``"bm25"`` is the lexical teacher: each pair's BM25 score over the collection (the settings ``mine``
+        uses by default), a column to ensemble with a cross-encoder's (``data.teacher_combine="zmean"``).
       collection: BEIR folder with the corpus and queries.
       candidates: candidate JSONL (``{"qid","pos","neg"}``) from ``distill-jax mine``.
       out_dir: the teacher-score dataset directory.
@@ -87,9 +89,20 @@ class ScoreConfig:
             raise ValueError(f"buckets {self.buckets} must ascend and end at max_length {self.max_length}")
 
 
+BM25_TEACHER = "bm25"
+
+
 def teacher_name(path: str) -> str:
-    """A column name for a teacher: the checkpoint directory's base name."""
+    """A column name for a teacher: the checkpoint directory's base name (``"bm25"`` for the lexical one)."""
     return os.path.basename(os.path.normpath(path)) or path
+
+
+def lexical_fingerprint() -> str:
+    """sha256 of the lexical teacher's settings (its collection is in the manifest already)."""
+    from distill_jax.data.negatives import BM25Config
+
+    settings = {"teacher": BM25_TEACHER, **dataclasses.asdict(BM25Config())}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def shards_of_host(num_shards: int, process_index: int, process_count: int) -> list[int]:
@@ -114,6 +127,8 @@ def teacher_fingerprint(path: str) -> str:
     from distill_jax.data.scores.schema import file_identity
     from distill_jax.models.hf import resolve_checkpoint_dir
 
+    if path == BM25_TEACHER:
+        return lexical_fingerprint()
     directory = resolve_checkpoint_dir(path)
     files = {}
     for root, _, names in os.walk(directory):
@@ -223,7 +238,8 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
     policy = BadInputPolicy(cfg.bad_records, cfg.max_skip_fraction)
     if todo:
         collection, lists, stats["records_skipped"] = checked_candidate_lists(cfg, policy)
-        teachers = [load_teacher(t, cfg.dtype, cfg.batch_size, cfg.buckets, cfg.allow_pickle) for t in cfg.teachers]
+        teachers = [lexical_teacher(collection) if t == BM25_TEACHER else
+                    load_teacher(t, cfg.dtype, cfg.batch_size, cfg.buckets, cfg.allow_pickle) for t in cfg.teachers]
         record_manifest(cfg, manifest)
         total = sum(len(p) for s in todo for _, p, _ in lists[s]) * len(teachers)
         start = time.perf_counter()
@@ -231,8 +247,10 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
             for s in todo:
                 qids = [q for q, _, _ in lists[s]]
                 q_texts = [collection.queries[q] for q, pids, _ in lists[s] for _ in pids]
-                p_texts = [collection.passage(p) for _, pids, _ in lists[s] for p in pids]
-                cols = np.stack([score_pairs(sc, tok, q_texts, p_texts, cfg.max_length, bar.update)
+                p_ids = [p for _, pids, _ in lists[s] for p in pids]
+                p_texts = [collection.passage(p) for p in p_ids]
+                cols = np.stack([lexical_scores(sc, q_texts, p_ids, bar.update) if tok is None else
+                                 score_pairs(sc, tok, q_texts, p_texts, cfg.max_length, bar.update)
                                  for sc, tok in teachers], axis=-1)  # [pairs, T]
                 offsets = np.cumsum([0] + [len(p) for _, p, _ in lists[s]])
                 records = [make_record(q, pids, labels, cols[offsets[i]:offsets[i + 1]])
@@ -245,11 +263,28 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
                 log.info("score: shard %d/%d written (%d queries)", s + 1, cfg.num_shards, len(qids))
         elapsed = time.perf_counter() - start
         stats["pairs_per_s"] = stats["pairs"] / max(elapsed, 1e-9)
-        real = sum(sc.stats.real_tokens for sc, _ in teachers)
-        padded = sum(sc.stats.padded_tokens for sc, _ in teachers)
+        real = sum(sc.stats.real_tokens for sc, tok in teachers if tok is not None)
+        padded = sum(sc.stats.padded_tokens for sc, tok in teachers if tok is not None)
         stats["padding_fraction"] = padded / max(real + padded, 1)
     finalize_after_barrier(cfg, names, pi, pc)
     return stats
+
+
+def lexical_teacher(collection) -> tuple[object, None]:
+    """(a BM25 index of ``collection``'s passages, None): the lexical teacher in the place of (scorer,
+    tokenizer)."""
+    from distill_jax.data.negatives import BM25Index
+
+    doc_ids, texts = collection.passages()
+    return BM25Index(doc_ids, texts), None
+
+
+def lexical_scores(index, queries: Sequence[str], doc_ids: Sequence[str], progress=None) -> np.ndarray:
+    """[P] BM25 scores of (query text, passage id) pairs."""
+    out = index.pair_scores(queries, doc_ids)
+    if progress is not None:
+        progress(len(doc_ids))
+    return out
 
 
 def finalize_after_barrier(cfg: ScoreConfig, names: Sequence[str], process_index: int, process_count: int) -> None:
