@@ -241,6 +241,27 @@ def test_dense_exhaustive_equals_float64(corpus, enc, tok, dense, pooling):
     _assert_same_ranking(scores, rows, oracle, 10, atol=1e-5)
 
 
+def test_asymmetric_retrieval_queries_by_one_model_documents_by_another(corpus, enc, tok, dense):
+    """``doc_model``: the corpus encoded by a second dense model (a LEAF student's teacher), the queries by the
+    first; the run's scores are the float64 dot products of the two models' vectors; another kind is refused."""
+    ids, texts, queries = corpus
+    other = _model("dense", enc, tok, seed=3)
+    run, report = rt.retrieve(dense, ids, texts, queries, depth=5, latency_queries=0, progress=False,
+                              doc_model=other)
+    q = _apply(dense, tk.encode_texts(tok, list(queries.values()), 64))
+    d = _apply(other, tk.encode_texts(tok, texts, DOC_MAXLEN))
+    oracle = q @ d.T
+    for b, qid in enumerate(queries):
+        order = np.lexsort((np.arange(len(ids)), -oracle[b]))[:5]
+        np.testing.assert_allclose([s for _, s in run[qid]], oracle[b, order], atol=1e-5)
+    assert report.extra["documents encoded by"] == "tiny random"
+    symmetric, _ = rt.retrieve(dense, ids, texts, queries, depth=5, latency_queries=0, progress=False)
+    assert symmetric != run  # the documents' model matters
+    with pytest.raises(ValueError, match="needs one kind"):
+        rt.retrieve(dense, ids, texts, queries, depth=5, latency_queries=0, progress=False,
+                    doc_model=_model("splade", enc, tok))
+
+
 def test_retrieve_writes_a_deterministic_run(corpus, dense, tmp_path):
     ids, texts, queries = corpus
     rm = dense

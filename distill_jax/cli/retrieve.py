@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distill-jax retrieve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="work directory, model directory or hub id")
+    p.add_argument("--doc-model", default=None, metavar="MODEL",
+                   help="asymmetric retrieval: encode the corpus with this model (same kind and vector space, e.g. "
+                        "the teacher of a LEAF student) and the queries with --model")
     p.add_argument("--collection", required=True, help="BEIR folder")
     p.add_argument("--split", default="test", help="qrels split whose queries are searched (default: test)")
     p.add_argument("--out", required=True, metavar="RUN.trec", help="output TREC run")
@@ -118,8 +121,13 @@ def main(argv: list[str]) -> int:
         if args.ivf_lists:
             ivf["n_lists"] = args.ivf_lists
     doc_ids, texts = collection.passages()
+    doc_rm = None
+    if args.doc_model:
+        doc_rm = rt.load_model(args.doc_model, args.kind or rm.kind, None, args.query_maxlen, args.doc_maxlen,
+                               args.pair_maxlen, **_options(args))
     run, report = rt.retrieve(rm, doc_ids, texts, collection.queries, args.depth, args.batch_size, args.store,
-                              args.splade_top_k, args.query_top_k, ivf, args.latency_queries, args.index)
+                              args.splade_top_k, args.query_top_k, ivf, args.latency_queries, args.index,
+                              doc_model=doc_rm)
     write_trec_run(args.out, run, tag)
     print(report.describe())
     print(f"top {args.depth} of {len(run)} {args.split} queries -> {args.out}")

@@ -474,7 +474,8 @@ def _single_query_latency(fn: Callable[[list[str]], Any], texts: Sequence[str], 
 def retrieve(rm: RetrievalModel, doc_ids: Sequence[str], doc_texts: Sequence[str], queries: Mapping[str, str],
              depth: int = 1000, batch_size: int = 32, store_dtype: str = "float16", splade_top_k: int = 0,
              query_top_k: int = 0, ivf: dict | None = None, latency_queries: int = 10,
-             index_dir: str | None = None, progress: bool = True) -> tuple[Run, RetrievalReport]:
+             index_dir: str | None = None, progress: bool = True, doc_model: RetrievalModel | None = None
+             ) -> tuple[Run, RetrievalReport]:
     """Encodes the corpus once, then retrieves the top ``depth`` documents of every query.
 
     Args:
@@ -490,19 +491,31 @@ def retrieve(rm: RetrievalModel, doc_ids: Sequence[str], doc_texts: Sequence[str
       latency_queries: measure one-query-at-a-time latency on this many queries (0: skip).
       index_dir: read the corpus index from this directory when it holds one built from the same model, corpus
         and settings (a token store is memory-mapped); otherwise build it and write it there.
+      doc_model: asymmetric retrieval: the corpus is encoded by this model (of the same kind and vector space,
+        e.g. the teacher a LEAF student was aligned to) and the queries by ``rm`` (None: ``rm`` encodes both).
 
     Returns:
       (the run, best first with ties by doc id; the :class:`RetrievalReport`).
+
+    Raises:
+      ValueError: ``doc_model`` of another kind than ``rm``.
     """
+    doc_rm = doc_model or rm
+    if doc_rm.kind != rm.kind:
+        raise ValueError(f"asymmetric retrieval needs one kind: queries by a {rm.kind} ({rm.source}), documents "
+                         f"by a {doc_rm.kind} ({doc_rm.source})")
     qids = list(queries)
     q_texts = [queries[q] for q in qids]
     apply = ShardedApply(rm.model, rm.params)
-    report = RetrievalReport(rm.kind, rm.source, len(doc_ids), len(qids), rm.doc_maxlen, rm.query_maxlen)
-    built_from = index_meta(rm, doc_ids, store_dtype, splade_top_k)
+    doc_apply = apply if doc_rm is rm else ShardedApply(doc_rm.model, doc_rm.params)
+    report = RetrievalReport(rm.kind, rm.source, len(doc_ids), len(qids), doc_rm.doc_maxlen, rm.query_maxlen)
+    if doc_rm is not rm:
+        report.extra["documents encoded by"] = doc_rm.source
+    built_from = index_meta(doc_rm, doc_ids, store_dtype, splade_top_k)
     index = _saved_index(index_dir, built_from) if index_dir else None
     with Timer() as t:
         if index is None:
-            index = encode_corpus(rm, doc_texts, batch_size, store_dtype, splade_top_k, apply,
+            index = encode_corpus(doc_rm, doc_texts, batch_size, store_dtype, splade_top_k, doc_apply,
                                   "encode corpus" if progress else None)
             if index_dir:
                 ix.save_index(index, index_dir, built_from)

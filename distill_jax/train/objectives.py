@@ -152,7 +152,7 @@ def teacher_needs(terms) -> TeacherNeeds:
     """The teacher outputs ``terms`` read (each computed only when a listed term asks for it)."""
     return TeacherNeeds(
         in_batch=any(_wants_teacher_in_batch(t) for t in terms),
-        reps=any("teacher_reps" in get(t.name).needs for t in terms),
+        reps=any({"teacher_reps", "teacher_embeddings"} & set(get(t.name).needs) for t in terms),
         layers=tuple(sorted({b for t in terms if "teacher_hidden" in get(t.name).needs
                              for _, b in layer_pairs(t)})))
 
@@ -162,9 +162,10 @@ def check_teacher(terms, student: kinds.Kind, teacher: kinds.Kind | None, studen
     """Fails before tracing when the terms ask the (online) teacher for something it cannot give (names the
     term and the fix). ``teacher=None``: no online teacher."""
     for t in terms:
+        needs = get(t.name).needs
         what = ("its in-batch scores" if _wants_teacher_in_batch(t) else "its token vectors"
-                if "teacher_reps" in get(t.name).needs else "its hidden states"
-                if "teacher_hidden" in get(t.name).needs else None)
+                if "teacher_reps" in needs else "its embeddings" if "teacher_embeddings" in needs
+                else "its hidden states" if "teacher_hidden" in needs else None)
         if what is None:
             continue
         if teacher is None:
@@ -177,9 +178,12 @@ def check_teacher(terms, student: kinds.Kind, teacher: kinds.Kind | None, studen
             if grad_accum > 1:
                 raise ConfigError(f"objective {t.key!r}: teacher_in_batch scores the whole batch, which "
                                   f"optim.grad_accum={grad_accum} splits: set optim.grad_accum=1")
-        if "teacher_reps" in get(t.name).needs and not teacher.token_vectors:
+        if "teacher_reps" in needs and not teacher.token_vectors:
             raise ConfigError(f"objective {t.key!r} compares token vectors; a {teacher.name} teacher has none")
-        if "teacher_hidden" in get(t.name).needs:
+        if "teacher_embeddings" in needs and teacher.token_vectors:
+            raise ConfigError(f"objective {t.key!r} aligns one vector per text; a {teacher.name} teacher has one "
+                              "per token: use a dense or splade teacher, or token_mse for token vectors")
+        if "teacher_hidden" in needs:
             if teacher.layout != student.layout:
                 raise ConfigError(f"objective {t.key!r} compares hidden states token by token, but the "
                                   f"{teacher.name} teacher reads other tokens ({teacher.layout}) than the "
@@ -349,12 +353,17 @@ def _simcse(p: Products, term: ObjectiveConfig) -> Array:
 
 
 def _embedding_alignment(p: Products, term: ObjectiveConfig) -> Array:
-    key = f"teacher_embeddings_{term.inputs}"
-    if key not in p.batch:
-        raise ConfigError(f"embedding_alignment on {term.inputs!r} needs the batch field {key!r} [R, D] "
-                          "(teacher embeddings of the same rows)")
-    target = jax.lax.stop_gradient(p.batch[key].astype(jnp.float32))
-    return embedding_alignment(p.embeddings(term.inputs, 0), target, p.rows(term.inputs), **term.hp)
+    """LEAF's alignment (Vujanic & Rueckstiess 2025, arXiv:2509.12539): the student's vector of each real row of
+    ``inputs`` against the online teacher's vector of the same text (``metric`` "mse" or "cosine"); no scores,
+    no judgments."""
+    student = p.embeddings(term.inputs, 0)
+    teacher = p.teacher_output(f"teacher_reps_{term.inputs}")
+    teacher = _wide(teacher).reshape(-1, teacher.shape[-1])
+    if student.shape != teacher.shape:
+        raise ConfigError(f"objective {term.key!r}: student vectors {student.shape} vs the teacher's "
+                          f"{teacher.shape}; alignment needs one vector per text of the same width (set the "
+                          "student's dense_projection_dim to the teacher's width, or 0 for both)")
+    return embedding_alignment(student, teacher, p.rows(term.inputs), **term.hp)
 
 
 def _wide(x: Array) -> Array:
