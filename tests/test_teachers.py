@@ -24,10 +24,11 @@ from test_objectives import check_eight_equal_one, check_trains_and_resumes, tin
 from test_step import fast_compiles, mesh_of  # noqa: F401  (fast_compiles: autouse)
 
 TEACHER_OF = {"colbert_self_distill": "colbert", "dense_tct": "colbert", "cross_encoder_distill": "cross_encoder",
-              "dense_leaf": "dense"}
+              "dense_leaf": "dense", "dense_lead": "dense"}
 TERMS = {"colbert_self_distill": ("loss_main", "loss_token_mse_docs", "loss_token_mse_query"),
          "dense_tct": ("loss_main",), "cross_encoder_distill": ("loss_main", "loss_hidden_mse"),
-         "dense_leaf": ("loss_align_query", "loss_align_docs")}
+         "dense_leaf": ("loss_align_query", "loss_align_docs"),
+         "dense_lead": ("loss_main", "loss_lead_query", "loss_lead_docs")}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def leaves(tree) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["colbert_self_distill", "cross_encoder_distill", "dense_leaf"])
+@pytest.mark.parametrize("name", ["colbert_self_distill", "cross_encoder_distill", "dense_leaf", "dense_lead"])
 def test_student_starts_from_the_teachers_first_layers_bitwise(name, teacher_dirs):
     """init_layers (0, 1) of the 4-layer teacher: every student parameter at step 0 equals the teacher's at the
     same path (layers 0 and 1, embeddings, head); (3, 1) maps student layer 0 to teacher layer 3."""
@@ -143,6 +144,15 @@ def test_online_teacher_outputs_equal_its_forward_outside_the_step(name, teacher
                                    rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.asarray(inside["teacher_reps_query"]), np.asarray(outside.query_reps),
                                    rtol=1e-5, atol=1e-5)
+    if name == "dense_lead":  # the captured hidden states: the last is the encoder's output on the passages
+        hidden = inside["teacher_hidden_docs"]
+        assert sorted(hidden) == [2, 4] and sorted(inside["teacher_hidden_query"]) == [2, 4]
+        docs = view["docs"]
+        length = docs["input_ids"].shape[-1]
+        flat = [jnp.asarray(docs[k]).reshape(-1, length) for k in ("input_ids", "attention_mask")]
+        last = Encoder(teacher.model.cfg).apply({"params": host_params["encoder"]}, *flat)
+        np.testing.assert_allclose(np.asarray(hidden[4]).reshape(last.shape), np.asarray(last), rtol=1e-5,
+                                   atol=1e-5)
     if name == "cross_encoder_distill":
         hidden = inside["teacher_hidden_pairs"]
         assert sorted(hidden) == [2, 4]
@@ -195,7 +205,8 @@ def test_teacher_recipes_eight_devices_equal_one(name, teacher_dirs):
 # A student that starts from the teacher's own layers starts close to it, so its loss has less to lose than a
 # random student's: measured over 20 steps (mean of the first 4 -> the last 4), self-distillation 0.420 -> 0.365,
 # cross-encoder 0.101 -> 0.092, TCT (random dense student) under 0.8x.
-FALL = {"colbert_self_distill": 0.9, "dense_tct": 0.8, "cross_encoder_distill": 0.95, "dense_leaf": 0.9}
+FALL = {"colbert_self_distill": 0.9, "dense_tct": 0.8, "cross_encoder_distill": 0.95, "dense_leaf": 0.9,
+        "dense_lead": 0.95}
 
 
 @pytest.mark.parametrize("name", list(TEACHER_OF))
@@ -294,3 +305,38 @@ def test_hidden_mse_matches_reference(x64):
     keep = (att > 0) & (mask[..., None] > 0)
     ref = np.mean([((student[a] - teacher[t]) ** 2).mean(-1)[keep].mean() for a, t in ((1, 2), (2, 4))])
     np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+def test_lead_matches_reference(x64):
+    """LEAD: for each (student, teacher) layer pair, KL(teacher || student) of the [CLS]-to-token attention
+    softmax(h_0 . h_j / sqrt(H)) over the attended tokens, mean over real rows (real candidates of real queries),
+    then over the pairs; the teacher may be wider than the student."""
+    rng = np.random.default_rng(3)
+    b, n, length, hs, ht = 2, 3, 6, 4, 8
+    student = {i: rng.normal(size=(b, n, length, hs)) for i in (1, 2)}
+    teacher = {i: rng.normal(size=(b, n, length, ht)) for i in (3, 6)}
+    att = (rng.random((b, n, length)) > 0.3).astype(np.int32)
+    att[..., 0] = 1  # [CLS] is always attended
+    mask, weight = np.array([[1, 1, 0], [1, 1, 1.0]]), np.ones(b)
+    batch = {"docs": {"attention_mask": jnp.asarray(att)},
+             "teacher_hidden_docs": {k: jnp.asarray(v) for k, v in teacher.items()}}
+    out = kinds.Forward(jnp.zeros((b, n)), hidden={"docs": {k: jnp.asarray(v) for k, v in student.items()}})
+    p = products_of(out, batch, mask, weight, capture=(1, 2))
+    term = ObjectiveConfig("lead", inputs="docs", hp={"layers": [[1, 3], [2, 6]], "temperature": 2.0})
+    got = float(objectives.get("lead").fn(p, term))
+
+    def dist(h, keep):  # one row: [L, H] -> distribution over the kept tokens
+        z = h[keep] @ h[0] / (np.sqrt(h.shape[-1]) * 2.0)
+        return np.exp(softmax_log(z))
+
+    ref = []
+    for a, t in ((1, 3), (2, 6)):
+        rows = []
+        for i in range(b):
+            for j in range(n):
+                if mask[i, j]:
+                    keep = att[i, j] > 0
+                    ps, pt = dist(student[a][i, j], keep), dist(teacher[t][i, j], keep)
+                    rows.append(np.sum(pt * (np.log(pt) - np.log(ps))))
+        ref.append(np.mean(rows))
+    np.testing.assert_allclose(got, np.mean(ref), rtol=1e-10)

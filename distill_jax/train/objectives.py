@@ -83,7 +83,7 @@ def _wants_teacher_in_batch(term: ObjectiveConfig) -> bool:
 
 
 def layer_pairs(term: ObjectiveConfig) -> tuple[tuple[int, int], ...]:
-    """``hidden_mse``'s ``hp["layers"]``: (student hidden state, teacher hidden state) pairs.
+    """``hidden_mse``'s and ``lead``'s ``hp["layers"]``: (student hidden state, teacher hidden state) pairs.
 
     Raises:
       ConfigError: anything but a non-empty list of pairs of numbers >= 0.
@@ -194,7 +194,7 @@ def check_teacher(terms, student: kinds.Kind, teacher: kinds.Kind | None, studen
                     raise ConfigError(f"objective {t.key!r}: layers ({a}, {b}) but the student has hidden states "
                                       f"0..{depth['student']} and the teacher 0..{depth['teacher']}")
             widths = (student_model.cfg.hidden_size, teacher_model.cfg.hidden_size)
-            if widths[0] != widths[1]:
+            if t.name == "hidden_mse" and widths[0] != widths[1]:
                 raise ConfigError(f"objective {t.key!r}: the student's hidden size {widths[0]} differs from the "
                                   f"teacher's {widths[1]}; hidden_mse compares them directly (no learned "
                                   "projection): use a student of the teacher's width (teacher.init_student)")
@@ -409,7 +409,38 @@ def _hidden_mse(p: Products, term: ObjectiveConfig) -> Array:
     return sum(values) / len(values)
 
 
+def cls_attention_log(hidden: Array, attended: Array, temperature: float = 1.0) -> Array:
+    """[R, L] log-distribution of each row's [CLS] state over its attended tokens, ``softmax(h_0 . h_j /
+    (sqrt(H) T))``; ``hidden`` [R, L, H] (float32 or wider), ``attended`` [R, L] bool (padding gets -inf)."""
+    logits = jnp.einsum("rh,rlh->rl", hidden[:, 0], hidden) / (jnp.sqrt(hidden.shape[-1]) * temperature)
+    logits = jnp.where(attended, logits, -jnp.inf)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def _lead(p: Products, term: ObjectiveConfig) -> Array:
+    """LEAD's layer-wise distillation (Sun et al. 2023, "LEAD: Liberal Feature-based Distillation for Dense
+    Retrieval", arXiv:2212.05225): for each (student, teacher) layer pair of ``hp["layers"]``, KL(teacher ||
+    student) between the two models' [CLS]-to-token attention distributions (:func:`cls_attention_log`) of each
+    real row of ``inputs``, mean over the rows; the mean over the pairs. The distributions are over tokens, so
+    student and teacher may differ in width (not in tokens)."""
+    student = p.forward().hidden[term.inputs]
+    teacher = p.teacher_output(f"teacher_hidden_{term.inputs}")
+    att = p.batch[term.inputs]["attention_mask"]
+    attended = att.reshape(-1, att.shape[-1]) > 0
+    real = p.rows(term.inputs) > 0
+    temperature = float(term.hp.get("temperature", 1.0))
+    values = []
+    for a, b in layer_pairs(term):
+        hs, ht = _wide(student[a]), _wide(teacher[b])
+        ls = cls_attention_log(hs.reshape(-1, *hs.shape[-2:]), attended, temperature)
+        lt = cls_attention_log(ht.reshape(-1, *ht.shape[-2:]), attended, temperature)
+        kl = jnp.sum(jnp.where(attended, jnp.exp(lt) * (lt - ls), 0.0), axis=-1)
+        values.append(masked_mean(kl, real))
+    return sum(values) / len(values)
+
+
 OBJECTIVES.register("mlm", Objective("mlm", ("token_logits",), _mlm))
+OBJECTIVES.register("lead", Objective("lead", ("hidden", "teacher_hidden"), _lead))
 OBJECTIVES.register("token_mse", Objective("token_mse", ("reps", "teacher_reps"), _token_mse))
 OBJECTIVES.register("hidden_mse", Objective("hidden_mse", ("hidden", "teacher_hidden"), _hidden_mse))
 OBJECTIVES.register("simcse", Objective("simcse", ("embeddings",), _simcse))
@@ -417,4 +448,4 @@ OBJECTIVES.register("embedding_alignment", Objective("embedding_alignment", ("em
                                                      _embedding_alignment))
 
 __all__ = ["OBJECTIVES", "Objective", "Products", "TeacherNeeds", "check_teacher", "check_terms", "get",
-           "layer_pairs", "score_objective", "student_layers", "teacher_needs", "wants_in_batch"]
+           "cls_attention_log", "layer_pairs", "score_objective", "student_layers", "teacher_needs", "wants_in_batch"]
