@@ -16,7 +16,7 @@ is any candidate dataset (its scores only sample the negatives).
 
 import dataclasses
 
-from distill_jax.config import (LossConfig, ModelConfig, ObjectiveConfig, TeacherConfig, student_recipe,
+from distill_jax.config import (LossConfig, ModelConfig, ObjectiveConfig, TeacherConfig, random_teacher, student_recipe,
                                 tiny_variant)
 
 TOKEN_MSE = (ObjectiveConfig("token_mse", 1.0, "docs", label="token_mse_docs"),
@@ -30,9 +30,7 @@ def get_config(variant=None):
                          variant=None, teacher=teacher, model=ModelConfig(kind="colbert", init_layers=(0, 1)))
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sampling="random", top_k=30))
     if variant == "tiny":  # a random 4-layer teacher (tiny_variant makes every model 2 layers)
-        tiny = tiny_variant(cfg)
-        return dataclasses.replace(tiny, teacher=dataclasses.replace(tiny.teacher, model=dataclasses.replace(
-            tiny.teacher.model, checkpoint="", num_layers=4)))
+        return random_teacher(tiny_variant(cfg), num_layers=4)
     if variant is not None:
         raise ValueError(f"unknown variant {variant!r} of colbert_self_distill; known: tiny")
     return cfg

@@ -17,7 +17,7 @@ three times cheaper per pair than its teacher.
 import dataclasses
 
 from distill_jax.config import (CheckpointConfig, DataConfig, LossConfig, ModelConfig, ObjectiveConfig,
-                                TeacherConfig, student_recipe, tiny_variant)
+                                TeacherConfig, random_teacher, student_recipe, tiny_variant)
 
 
 def get_config(variant=None):
@@ -31,12 +31,10 @@ def get_config(variant=None):
                                          top_k=30),
                          checkpoint=CheckpointConfig(every_steps=2000, keep=2, keep_best=1))
     if variant == "tiny":  # a random 4-layer teacher; its hidden states 2 and 4 (tiny_variant: 2-layer models)
-        tiny = tiny_variant(cfg)
+        tiny = random_teacher(tiny_variant(cfg), num_layers=4)
         loss = dataclasses.replace(tiny.loss, objectives=(dataclasses.replace(
             tiny.loss.objectives[0], hp={"layers": [[1, 2], [2, 4]]}),))
-        teacher = dataclasses.replace(tiny.teacher, model=dataclasses.replace(tiny.teacher.model, checkpoint="",
-                                                                              num_layers=4))
-        return dataclasses.replace(tiny, loss=loss, teacher=teacher)
+        return dataclasses.replace(tiny, loss=loss)
     if variant is not None:
         raise ValueError(f"unknown variant {variant!r} of cross_encoder_distill; known: tiny")
     return cfg

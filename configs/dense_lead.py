@@ -17,7 +17,8 @@ two layers (``teacher.init_student``, ``model.init_layers=0,1``).
 
 import dataclasses
 
-from distill_jax.config import LossConfig, ModelConfig, ObjectiveConfig, TeacherConfig, student_recipe, tiny_variant
+from distill_jax.config import (LossConfig, ModelConfig, ObjectiveConfig, TeacherConfig, random_teacher,
+                                student_recipe, tiny_variant)
 
 
 def lead_terms(layers) -> tuple[ObjectiveConfig, ...]:
@@ -36,11 +37,9 @@ def get_config(variant=None):
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sampling="random", top_k=30))
     if variant == "tiny":  # a random 4-layer teacher (tiny_variant makes every model 2 layers); its random
         # scores are not cosines, so KL at T 1
-        tiny = tiny_variant(cfg)
-        return dataclasses.replace(
-            tiny, loss=dataclasses.replace(tiny.loss, hp={}, objectives=lead_terms(((1, 2), (2, 4)))),
-            teacher=dataclasses.replace(tiny.teacher, model=dataclasses.replace(
-                tiny.teacher.model, checkpoint="", num_layers=4)))
+        tiny = random_teacher(tiny_variant(cfg), num_layers=4)
+        return dataclasses.replace(tiny, loss=dataclasses.replace(tiny.loss, hp={},
+                                                                  objectives=lead_terms(((1, 2), (2, 4)))))
     if variant is not None:
         raise ValueError(f"unknown variant {variant!r} of dense_lead; known: tiny")
     return cfg

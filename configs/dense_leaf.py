@@ -18,7 +18,8 @@ which passages come along.
 
 import dataclasses
 
-from distill_jax.config import LossConfig, ModelConfig, ObjectiveConfig, TeacherConfig, student_recipe, tiny_variant
+from distill_jax.config import (LossConfig, ModelConfig, ObjectiveConfig, TeacherConfig, random_teacher,
+                                student_recipe, tiny_variant)
 
 ALIGN = (ObjectiveConfig("embedding_alignment", 1.0, "query", {"metric": "cosine"}, label="align_query"),
          ObjectiveConfig("embedding_alignment", 1.0, "docs", {"metric": "cosine"}, label="align_docs"))
@@ -31,9 +32,7 @@ def get_config(variant=None):
                          teacher=teacher, model=ModelConfig(kind="dense", init_layers=(0, 1)))
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sampling="random", top_k=30))
     if variant == "tiny":  # a random 4-layer teacher (tiny_variant makes every model 2 layers)
-        tiny = tiny_variant(cfg)
-        return dataclasses.replace(tiny, teacher=dataclasses.replace(tiny.teacher, model=dataclasses.replace(
-            tiny.teacher.model, checkpoint="", num_layers=4)))
+        return random_teacher(tiny_variant(cfg), num_layers=4)
     if variant is not None:
         raise ValueError(f"unknown variant {variant!r} of dense_leaf; known: tiny")
     return cfg

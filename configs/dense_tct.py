@@ -16,7 +16,7 @@ student reads plain text. The student is all-MiniLM-L6-v2 with mean pooling.
 
 import dataclasses
 
-from distill_jax.config import LossConfig, ModelConfig, TeacherConfig, student_recipe, tiny_variant
+from distill_jax.config import LossConfig, ModelConfig, TeacherConfig, random_teacher, student_recipe, tiny_variant
 
 
 def get_config(variant=None):
@@ -26,9 +26,7 @@ def get_config(variant=None):
                          teacher=teacher)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sampling="random", top_k=30))
     if variant == "tiny":  # a random ColBERT teacher
-        tiny = tiny_variant(cfg)
-        return dataclasses.replace(tiny, teacher=dataclasses.replace(tiny.teacher, model=dataclasses.replace(
-            tiny.teacher.model, checkpoint="")))
+        return random_teacher(tiny_variant(cfg))
     if variant is not None:
         raise ValueError(f"unknown variant {variant!r} of dense_tct; known: tiny")
     return cfg

@@ -624,6 +624,15 @@ def tiny_variant(cfg: TrainConfig, **changes) -> TrainConfig:
     return dataclasses.replace(tiny, **changes)
 
 
+def random_teacher(cfg: TrainConfig, num_layers: int = 0) -> TrainConfig:
+    """``cfg`` with its online teacher randomly initialised (no checkpoint; ``num_layers`` > 0: that deep), for
+    the tiny variants of teacher recipes."""
+    model = dataclasses.replace(cfg.teacher.model, checkpoint="")
+    if num_layers:
+        model = dataclasses.replace(model, num_layers=num_layers)
+    return dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, model=model))
+
+
 def student_recipe(name: str, kind: str, loss: LossConfig, variant: str | None = None, **changes) -> TrainConfig:
     """A student recipe with the shared defaults: all-MiniLM-L6-v2 start, batch 32 x 8 candidates, query 32 /
     document 180 tokens, AdamW 2e-5 with 1000 warm-up steps and linear decay, 100k steps.
