@@ -5,7 +5,7 @@ relevance judgments, no scores and no negatives in the loss. Because the student
 space, it can serve asymmetrically: queries encoded by the cheap student, the corpus indexed once by the teacher
 (``distill-jax retrieve --doc-model TEACHER``).
 
-The teacher is all-MiniLM-L6-v2 as shipped (mean pooling, unit vectors; any dense directory works: an exported
+The teacher is all-MiniLM-L6-v2 as shipped (mean pooling, unit vectors, as its sentence-transformers modules; any dense directory works: an exported
 distill-jax dense student, a sentence-transformers directory); the student starts from its first two layers
 (``teacher.init_student``, ``model.init_layers=0,1``). The texts are the queries and candidates of any candidate
 dataset (the BM25 label dataset ``train-teacher`` writes, or an answer key): its labels and scores only decide
@@ -27,9 +27,9 @@ ALIGN = (ObjectiveConfig("embedding_alignment", 1.0, "query", {"metric": "cosine
 
 def get_config(variant=None):
     teacher = TeacherConfig(online=True, init_student=True, model=ModelConfig(
-        kind="dense", dropout=0.0, checkpoint="sentence-transformers/all-MiniLM-L6-v2"))
+        kind="dense", dropout=0.0, checkpoint="sentence-transformers/all-MiniLM-L6-v2", dense_normalize=True))
     cfg = student_recipe("dense_leaf", "dense", LossConfig(name="", objectives=ALIGN), variant=None,
-                         teacher=teacher, model=ModelConfig(kind="dense", init_layers=(0, 1)))
+                         teacher=teacher, model=ModelConfig(kind="dense", init_layers=(0, 1), dense_normalize=True))
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sampling="random", top_k=30))
     if variant == "tiny":  # a random 4-layer teacher (tiny_variant makes every model 2 layers)
         return random_teacher(tiny_variant(cfg), num_layers=4)
