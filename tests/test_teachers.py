@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from distill_jax import distributed, kinds
-from distill_jax.config import ModelConfig, ObjectiveConfig, TrainConfig, load_config
+from distill_jax.config import ConfigError, ModelConfig, ObjectiveConfig, TrainConfig, load_config
 from distill_jax.models import Encoder, load_pretrained
 from distill_jax.train import objectives
 from distill_jax.train import state as state_lib
@@ -340,3 +340,19 @@ def test_lead_matches_reference(x64):
                     rows.append(np.sum(pt * (np.log(pt) - np.log(ps))))
         ref.append(np.mean(rows))
     np.testing.assert_allclose(got, np.mean(ref), rtol=1e-10)
+
+
+def test_alignment_objectives_refuse_a_teacher_that_cannot_feed_them():
+    """LEAF's alignment needs one teacher vector per text (a ColBERT teacher has one per token: named fix);
+    token_mse needs token vectors (a dense teacher has none); both need an online teacher at all."""
+    align = load_config("configs/dense_leaf.py:tiny").loss.terms()
+    student = kinds.get("dense")
+    with pytest.raises(ConfigError, match="aligns one vector per text; a colbert teacher .* use a dense or splade"):
+        objectives.check_teacher(align, student, kinds.get("colbert"), None, None, 1)
+    objectives.check_teacher(align, student, kinds.get("dense"), None, None, 1)  # accepted
+    objectives.check_teacher(align, student, kinds.get("splade"), None, None, 1)
+    with pytest.raises(ConfigError, match="only an online teacher gives"):
+        objectives.check_teacher(align, student, None, None, None, 1)
+    token = load_config("configs/colbert_self_distill.py:tiny").loss.terms()
+    with pytest.raises(ConfigError, match="compares token vectors; a dense teacher has none"):
+        objectives.check_teacher(token, kinds.get("colbert"), kinds.get("dense"), None, None, 1)
