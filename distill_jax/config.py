@@ -329,12 +329,17 @@ class StudentConfig:
     Attributes:
       name: the student's key in the parameters, optimiser state, checkpoint and metrics (``<name>/loss``).
       model, loss, optim: as the run's own fields.
+      peer: the name of another student of the run whose [B, N] scores of the batch are this student's
+        teacher scores, WITHOUT stop-gradient: the two are trained jointly, one gradient of the sum of their
+        losses reaching both parameter sets (RocketQAv2's dynamic listwise distillation). "" = the data's (or
+        the online teacher's) scores.
     """
 
     name: str
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
+    peer: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,6 +398,39 @@ def _choice(value, options, field):
         raise ConfigError(f"{field} = {value!r}; use one of {', '.join(map(repr, options))}")
 
 
+def peer_order(students: tuple) -> tuple[str, ...]:
+    """Student names with every ``peer`` before the students that read its scores (the joint step's order).
+
+    Raises:
+      ConfigError: a peer that is no other student of the run, a cycle of peers, or gradient accumulation on a
+        student trained jointly (the peer's scores span the whole batch).
+    """
+    names = [s.name for s in students]
+    peer_of = {s.name: s.peer for s in students}
+    joint = {n for n, p in peer_of.items() if p} | {p for p in peer_of.values() if p}
+    for s in students:
+        if s.peer and (s.peer not in names or s.peer == s.name):
+            raise ConfigError(f"students.{s.name}.peer = {s.peer!r}; name another student of the run "
+                              f"({', '.join(n for n in names if n != s.name)})")
+        if s.name in joint and s.optim.grad_accum != 1:
+            raise ConfigError(f"students.{s.name} is trained jointly with a peer: optim.grad_accum must be 1")
+    order: list[str] = []
+
+    def visit(name, path):
+        if name in order:
+            return
+        if name in path:
+            raise ConfigError(f"students' peers form a cycle: {' -> '.join(path + (name,))}; one of them must "
+                              "learn from the data's scores (peer='')")
+        if peer_of[name]:
+            visit(peer_of[name], path + (name,))
+        order.append(name)
+
+    for name in names:
+        visit(name, ())
+    return tuple(order)
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Checks values that would otherwise fail deep inside a jit trace; returns ``cfg``.
 
@@ -432,6 +470,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                               "(distill-jax evaluate), or set eval.every_steps=0")
         for _, single in cfg.student_configs():
             validate(single)
+        peer_order(cfg.students)
     terms = cfg.loss.terms()
     if not terms and not cfg.students:
         raise ConfigError("the loss has no term: set loss.name or list loss.objectives")
@@ -540,6 +579,13 @@ def override(cfg, key: str, text: str, full: str | None = None):
     if head not in fields:
         raise KeyError(f"unknown config key {head!r} in --set {full}; known keys here: {', '.join(sorted(fields))}")
     current = getattr(cfg, head)
+    if rest and isinstance(current, tuple) and current and all(hasattr(x, "name") for x in current):
+        name, _, field = rest.partition(".")  # students.<name>.<field>: the student of that name
+        names = [x.name for x in current]
+        if name not in names or not field:
+            raise KeyError(f"--set {full}: {head} are {', '.join(names)}; set {head}.<name>.<field>=...")
+        return dataclasses.replace(cfg, **{head: tuple(override(x, field, text, full) if x.name == name else x
+                                                      for x in current)})
     if rest:
         if not (dataclasses.is_dataclass(current) or isinstance(current, dict)):
             raise KeyError(f"--set {full}: {head!r} is a {type(current).__name__}, it has no field {rest!r}")

@@ -102,7 +102,7 @@ def serving_spec(cfg) -> ServingSpec:
 
 
 def export_run(workdir: str, out_dir: str, fmt: str = "native", step: int | None = None,
-               tokenizer: str | None = None) -> tuple[str, int]:
+               tokenizer: str | None = None, student: str | None = None) -> tuple[str, int]:
     """Exports a training run's checkpoint (default: best by validation, else latest) for serving.
 
     Args:
@@ -111,6 +111,8 @@ def export_run(workdir: str, out_dir: str, fmt: str = "native", step: int | None
       fmt: "native" (the peer library's layout) or "transformers" (plain Hugging Face directory).
       step: the checkpoint step (None = best, else latest).
       tokenizer: tokenizer directory (default: the run's ``data.tokenizer``, else its ``model.checkpoint``).
+      student: the student of a run of several (``TrainConfig.students``) to export
+        (:func:`distill_jax.train.checkpoint.restore_student`).
 
     Returns:
       (out_dir, the exported step).
@@ -120,18 +122,19 @@ def export_run(workdir: str, out_dir: str, fmt: str = "native", step: int | None
       ValueError: unknown format; no tokenizer for a native export; a tokenizer larger than the vocabulary.
     """
     from distill_jax.models.hf import resolve_checkpoint_dir, transformer_dir
-    from distill_jax.train.checkpoint import restore_params as restore
+    from distill_jax.train.checkpoint import restore_student
     from distill_jax.train.state import encoder_config
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     check_out_dir(out_dir, workdir)  # before the (slow) restore
-    params, step, cfg = restore(workdir, step)
+    params, step, cfg = restore_student(workdir, student, step)
     base = resolve_checkpoint_dir(cfg.model.checkpoint) if cfg.model.checkpoint else None
     enc = EncoderConfig.from_pretrained_dir(transformer_dir(base)) if base else encoder_config(cfg.model)
     check_geometry(enc, params, source=f"{workdir} step {step}")
     tok = tokenizer or (resolve_checkpoint_dir(cfg.data.tokenizer) if cfg.data.tokenizer else base)
-    provenance = {"step": step, "workdir": os.path.abspath(workdir), "run": cfg.name}
+    provenance = {"step": step, "workdir": os.path.abspath(workdir), "run": cfg.name,
+                  **({"student": student} if student else {})}
     if fmt == "native":
         save_native(serving_spec(cfg), enc, params, out_dir, tok, provenance=provenance, workdir=workdir,
                     base_dir=base)

@@ -44,7 +44,8 @@ def ref_mse(s, t, m, teacher_scale=1.0, teacher_shift=0.0):
     return np.mean([(s[b, k] - (teacher_scale * t[b, k] + teacher_shift)) ** 2 for b, k in zip(*np.nonzero(m))])
 
 
-def ref_kl(s, t, m, temperature=1.0, teacher_temperature=None, t2_scaling=False, normalize_student=False):
+def ref_kl(s, t, m, temperature=1.0, teacher_temperature=None, t2_scaling=False, normalize_student=False,
+           reverse=False):
     tt = temperature if teacher_temperature is None else teacher_temperature
     rows = []
     for b in range(s.shape[0]):
@@ -55,7 +56,7 @@ def ref_kl(s, t, m, temperature=1.0, teacher_temperature=None, t2_scaling=False,
         if normalize_student:
             sr = (sr - sr.min()) / (sr.max() - sr.min() + 1e-8)
         log_ps, log_pt = np_log_softmax(sr / temperature), np_log_softmax(t[b, real] / tt)
-        rows.append(np.sum(np.exp(log_pt) * (log_pt - log_ps)))
+        rows.append(np.sum(np.exp(log_ps) * (log_ps - log_pt)) if reverse else np.sum(np.exp(log_pt) * (log_pt - log_ps)))
     value = np.mean(rows) if rows else 0.0
     return value * temperature**2 if t2_scaling else value
 
@@ -143,6 +144,8 @@ CASES = {
     "kl/Tt": ({"temperature": 0.5, "teacher_temperature": 3.0},
               functools.partial(ref_kl, temperature=0.5, teacher_temperature=3.0)),
     "kl/pylate": ({"normalize_student": True}, functools.partial(ref_kl, normalize_student=True)),
+    "kl/reverse": ({"reverse": True, "temperature": 0.5, "teacher_temperature": 2.0},  # RocketQAv2's L_KL
+                   functools.partial(ref_kl, reverse=True, temperature=0.5, teacher_temperature=2.0)),
     "listnet": ({}, ref_listnet),
     "listnet/T": ({"temperature": 0.7}, functools.partial(ref_listnet, temperature=0.7)),
     "infonce": ({}, ref_infonce),
@@ -160,7 +163,8 @@ CASES = {
 }
 # The structural tests (padding, extremes, compile counts) run once per loss, plus the options that change how
 # masking is exercised; value tests run every case above.
-STRUCTURAL = sorted({case for case in CASES if "/" not in case} | {"margin_mse/all_pairs", "kl/pylate", "kl/Tt"})
+STRUCTURAL = sorted({case for case in CASES if "/" not in case} | {"margin_mse/all_pairs", "kl/pylate", "kl/Tt",
+                                                                  "kl/reverse"})
 # Losses over representations, not [B, N] scores: tested on their own below.
 NOT_SCORE_LOSSES = {"embedding_alignment", "mlm"}
 

@@ -1,5 +1,6 @@
-"""``distill-jax export WORKDIR --out DIR [--format native|transformers] [--step N] [--tokenizer DIR]``: a training
-run's checkpoint as a directory PyLate / sentence-transformers (native) or transformers load."""
+"""``distill-jax export WORKDIR --out DIR [--format native|transformers] [--step N] [--tokenizer DIR]
+[--student NAME]``: a training run's checkpoint (one student of a run of several) as a directory PyLate /
+sentence-transformers (native) or transformers load."""
 
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: best by validation, else latest)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the run's data.tokenizer, "
                                                     "else its model.checkpoint)")
+    p.add_argument("--student", default=None, help="the student to export from a run of several (its name in "
+                                                   "the config's students)")
     a = p.parse_args(argv)
     try:
-        out, step = export_run(a.workdir, a.out, fmt=a.format, step=a.step, tokenizer=a.tokenizer)
+        out, step = export_run(a.workdir, a.out, fmt=a.format, step=a.step, tokenizer=a.tokenizer,
+                               student=a.student)
     except (ExportRefused, FileNotFoundError, NotADirectoryError, ValueError) as e:
         print(f"distill-jax export: {e}", file=sys.stderr)
         return 2

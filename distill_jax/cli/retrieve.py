@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="model kind of a directory whose layout does not say it")
     p.add_argument("--step", type=int, default=None, help="checkpoint of a work directory (default: best, else "
                    "latest)")
+    p.add_argument("--student", default=None, help="the student of a work directory of several, by name")
     p.add_argument("--rerank", default=None, metavar="CANDIDATES",
                    help="rerank this run (TREC) or candidate JSONL instead of searching the corpus")
     p.add_argument("--query-maxlen", type=int, default=None)
@@ -101,7 +102,7 @@ def main(argv: list[str]) -> int:
 
     collection = load_collection(args.collection, args.split)
     rm = rt.load_model(args.model, args.kind, args.step, args.query_maxlen, args.doc_maxlen, args.pair_maxlen,
-                       **_options(args))
+                       student=args.student, **_options(args))
     tag = args.tag or rm.kind
     if args.rerank:
         cands = _candidates(args.rerank, args.depth)

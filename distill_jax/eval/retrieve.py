@@ -79,7 +79,8 @@ def is_workdir(path: str) -> bool:
 
 
 def load_model(path: str, kind: str | None = None, step: int | None = None, query_maxlen: int | None = None,
-               doc_maxlen: int | None = None, pair_maxlen: int | None = None, **options) -> RetrievalModel:
+               doc_maxlen: int | None = None, pair_maxlen: int | None = None, student: str | None = None,
+               **options) -> RetrievalModel:
     """Loads a training work directory (its best, else latest, checkpoint, or ``step``) or a model directory.
 
     Args:
@@ -88,6 +89,7 @@ def load_model(path: str, kind: str | None = None, step: int | None = None, quer
       kind: the model kind; required for a directory whose layout does not say it (:func:`detect_kind`), ignored
         for a work directory (its config says it).
       step: checkpoint of a work directory.
+      student: the student of a work directory of several (``TrainConfig.students``), by name.
       query_maxlen, doc_maxlen, pair_maxlen: override the lengths (defaults: the run's data config; for a
         directory, its sentence-transformers ``max_seq_length`` when present, else 32/180 for ColBERT and
         256 for the others).
@@ -96,7 +98,7 @@ def load_model(path: str, kind: str | None = None, step: int | None = None, quer
         directory's serving layout (Pooling / Dense / Normalize modules, PyLate settings).
     """
     if is_workdir(path):
-        rm = _from_workdir(path, step)
+        rm = _from_workdir(path, step, student)
     else:
         rm = _from_directory(path, kind, **options)
     lengths = {k: v for k, v in (("query_maxlen", query_maxlen), ("doc_maxlen", doc_maxlen),
@@ -104,13 +106,13 @@ def load_model(path: str, kind: str | None = None, step: int | None = None, quer
     return dataclasses.replace(rm, **lengths)
 
 
-def _from_workdir(workdir: str, step: int | None) -> RetrievalModel:
+def _from_workdir(workdir: str, step: int | None, student: str | None = None) -> RetrievalModel:
     from distill_jax.models import EncoderConfig, build_model
     from distill_jax.models.hf import resolve_checkpoint_dir
-    from distill_jax.train.checkpoint import restore_params
+    from distill_jax.train.checkpoint import restore_student
     from distill_jax.train.state import encoder_config
 
-    params, step, cfg = restore_params(workdir, step)
+    params, step, cfg = restore_student(workdir, student, step)
     m, d = cfg.model, cfg.data
     base = resolve_checkpoint_dir(m.checkpoint) if m.checkpoint else None
     enc = EncoderConfig.from_pretrained_dir(base) if base else encoder_config(m)
@@ -120,7 +122,7 @@ def _from_workdir(workdir: str, step: int | None) -> RetrievalModel:
         raise ValueError(f"{workdir}: the run has no data.tokenizer and no model.checkpoint, so no tokenizer to "
                          "encode text with; retrieve from an exported directory that includes one")
     return RetrievalModel(m.kind, model, params, tk.load_tokenizer(tok_dir), d.query_maxlen, d.doc_maxlen,
-                          d.pair_maxlen, f"{workdir} step {step}")
+                          d.pair_maxlen, f"{workdir}{f' ({student})' if student else ''} step {step}")
 
 
 def _read_json(path: str) -> dict:

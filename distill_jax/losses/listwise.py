@@ -69,7 +69,7 @@ def minmax_normalize(scores: jax.Array, mask: jax.Array, eps: float = 1e-8) -> j
 @losses.register("kl")
 def kl(student_scores: jax.Array, teacher_scores: jax.Array, mask: jax.Array | None = None, *,
        temperature: float = 1.0, teacher_temperature: float | None = None, t2_scaling: bool = False,
-       normalize_student: bool = False) -> jax.Array:
+       normalize_student: bool = False, reverse: bool = False) -> jax.Array:
     """Listwise KL distillation, ``KL(softmax(t / T_t) || softmax(s / T))`` per query, mean over queries.
 
     The ColBERTv2 (Santhanam et al. 2022, arXiv:2112.01488), RocketQAv2 (Ren et al. 2021, arXiv:2110.07367) and
@@ -87,6 +87,8 @@ def kl(student_scores: jax.Array, teacher_scores: jax.Array, mask: jax.Array | N
       normalize_student: min-max normalise each row of student scores first, as PyLate ``Distillation``
         (``normalize_scores=True``) does; off by default because it caps the student's logit range at [0, 1]
         and so bounds how peaked its distribution can get.
+      reverse: ``KL(softmax(s / T) || softmax(t / T_t))`` instead, the student's distribution weighing the log
+        ratio: RocketQAv2's L_KL (its eq. 4, retriever || re-ranker), whose two sides both train.
     Returns:
       scalar.
     """
@@ -96,8 +98,12 @@ def kl(student_scores: jax.Array, teacher_scores: jax.Array, mask: jax.Array | N
     student = minmax_normalize(student_scores, mask) if normalize_student else zero_padding(student_scores, mask)
     log_p_student = masked_log_softmax(student / temperature, mask)
     log_p_teacher = masked_log_softmax(zero_padding(teacher_scores, mask) / teacher_temperature, mask)
-    p_teacher = jnp.where(mask, jnp.exp(log_p_teacher), 0.0)
-    per_query = jnp.sum(p_teacher * (log_p_teacher - log_p_student), axis=-1)
+    if reverse:
+        p_student = jnp.where(mask, jnp.exp(log_p_student), 0.0)
+        per_query = jnp.sum(p_student * (log_p_student - log_p_teacher), axis=-1)
+    else:
+        p_teacher = jnp.where(mask, jnp.exp(log_p_teacher), 0.0)
+        per_query = jnp.sum(p_teacher * (log_p_teacher - log_p_student), axis=-1)
     loss = masked_mean(per_query, jnp.any(mask, axis=-1))
     return loss * temperature**2 if t2_scaling else loss
 

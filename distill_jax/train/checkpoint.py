@@ -246,6 +246,28 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[dict[str, Any
     return _plain_dicts(out["state"]["params"]), int(step), cfg
 
 
+def restore_student(workdir: str, student: str | None = None, step: int | None = None
+                    ) -> tuple[dict[str, Any], int, Any]:
+    """:func:`restore_params` of ONE student: a one-student run as it is, or student ``student`` of a run of
+    several (``TrainConfig.students``), its parameters and its single-student config
+    (:meth:`TrainConfig.student_configs`), so export and retrieval treat it as a run of its own.
+
+    Raises:
+      ValueError: a run of several students and ``student`` is not one of them (the message lists them), or a
+        one-student run and ``student`` is given.
+    """
+    params, step, cfg = restore_params(workdir, step)
+    names = [s.name for s in cfg.students]
+    if not names:
+        if student:
+            raise ValueError(f"{workdir} trains one student; drop --student {student}")
+        return params, step, cfg
+    if student not in names:
+        raise ValueError(f"{workdir} trains {len(names)} students ({', '.join(names)}): pick one with --student "
+                         "NAME" + (f" ({student!r} is none of them)" if student else ""))
+    return params[student], step, dict(cfg.student_configs())[student]
+
+
 def checkpoints_dir(workdir: str) -> str:
     """``<workdir>/checkpoints``, checked to exist and to hold at least one finished checkpoint.
 

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import distill_jax.losses  # noqa: F401  (registers the loss zoo and regularisers)
 from distill_jax import distributed
-from distill_jax.config import TrainConfig
+from distill_jax.config import TrainConfig, peer_order
 from distill_jax.losses import sparsity_stats, splade_regularization_terms
 from distill_jax.registry import regularizers as REGULARIZERS
 from distill_jax.kinds import get as get_kind
@@ -49,9 +49,9 @@ def _real_tokens(attention_mask: Array, weight: Array) -> Array:
     return jnp.sum(per_example * (weight > 0))
 
 
-def make_loss_fn(model, cfg: TrainConfig) -> Callable:
+def make_loss_fn(model, cfg: TrainConfig, score: bool = False) -> Callable:
     """``loss_fn(params, batch, rng, step) -> (loss, (means, sums, scores))`` for the configured kind, objectives
-    and regularisers.
+    and regularisers (``score``: run the scoring forward even when no objective needs it).
 
     The loss is ``sum_i weight_i * objective_i`` over ``cfg.loss.terms()`` (:mod:`distill_jax.train.objectives`;
     the main loss is ``loss_main``, the others ``loss_<label>``), plus SPLADE's regularisers. ``rng=None`` runs
@@ -95,7 +95,7 @@ def make_loss_fn(model, cfg: TrainConfig) -> Callable:
         means["loss"] = total
         tokens = sum(_real_tokens(batch[g]["attention_mask"], weight) for g in kind.groups)
         sums = {"examples": jnp.sum(weight), "tokens": tokens}
-        scores = products.forward().scores if products.has_forward else jnp.zeros_like(mask)
+        scores = products.forward().scores if products.has_forward or score else jnp.zeros_like(mask)
         return total, (means, sums, scores)
 
     return loss_fn
@@ -211,6 +211,64 @@ def multi_student_step_fn(models: dict, cfg: TrainConfig, txs: dict, schedules: 
     return train_step
 
 
+def joint_student_step_fn(models: dict, cfg: TrainConfig, txs: dict, schedules: dict | None = None
+                          ) -> Callable:
+    """Students trained together (``StudentConfig.peer``; RocketQAv2, Ren et al. 2021, arXiv:2110.07367): in
+    :func:`distill_jax.config.peer_order`, each student's loss (:func:`make_loss_fn`) on its view of the batch,
+    a student with a peer reading that peer's [B, N] scores of this step (dropout and all) as its
+    ``teacher_scores``, not stopped; ONE gradient of the sum of the losses with respect to every parameter set,
+    then each student's own optimiser on its part. Students without a peer relation contribute a separable term,
+    so they step as they would alone. A non-finite loss or gradient skips the update of every student (their
+    gradients are coupled). Metrics as :func:`multi_student_step_fn`'s."""
+    subs = dict(cfg.student_configs())
+    order = peer_order(cfg.students)
+    peer_of = {s.name: s.peer for s in cfg.students}
+    read = set(peer_of.values()) - {""}
+    loss_fns = {n: make_loss_fn(models[n], subs[n], score=n in read) for n in order}
+    kind_of = {n: subs[n].model.kind for n in order}
+
+    def joint_loss(params, batch, key, step):
+        total, aux, scores = 0.0, {}, {}
+        for name in order:
+            view = student_batch(batch, name, kind_of[name])
+            if peer_of[name]:
+                view = {**view, "teacher_scores": scores[peer_of[name]]}
+            loss, (means, sums, scores[name]) = loss_fns[name](params[name], view, key, step)
+            total = total + loss
+            aux[name] = (means, sums, scores[name])
+        return total, aux
+
+    grad_fn = jax.value_and_grad(joint_loss, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, Array]]:
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        (total, aux), grads = grad_fn(state.params, batch, key, state.step)
+        norms = {n: optax.tree.norm(grads[n]) for n in order}
+        grad_norm = jnp.sqrt(sum(v ** 2 for v in norms.values()))
+        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        params, opt_state, metrics = {}, {}, {}
+        skipped = state.skipped + (~finite).astype(jnp.int32)
+        for name in order:
+            updates, opt = txs[name].update(grads[name], state.opt_state[name], state.params[name])
+            params[name] = keep(optax.apply_updates(state.params[name], updates), state.params[name])
+            opt_state[name] = keep(opt, state.opt_state[name])
+            means, sums, scores = aux[name]
+            m = {**means, **sums, "grad_norm": norms[name], "nonfinite": (~finite).astype(jnp.float32),
+                 "skipped": skipped.astype(jnp.float32)}
+            if (schedules or {}).get(name) is not None:
+                m["learning_rate"] = schedules[name](state.step)
+            m = {k: jnp.asarray(v, jnp.float32) for k, v in m.items()}
+            metrics.update({f"{name}/{k}": v for k, v in {**m, "scores": scores.astype(jnp.float32)}.items()})
+        metrics.update(loss=jnp.asarray(total, jnp.float32),
+                       tokens=sum(metrics[f"{n}/tokens"] for n in order),
+                       examples=metrics[f"{order[0]}/examples"], nonfinite=(~finite).astype(jnp.float32),
+                       grad_norm=jnp.asarray(grad_norm, jnp.float32), skipped=skipped.astype(jnp.float32))
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, skipped=skipped), metrics
+
+    return train_step
+
+
 TEACHER_PREFIX = "teacher_"  # the teacher's own token groups in a batch (batches.loader_for_run): teacher_pairs
 
 
@@ -249,7 +307,7 @@ def make_step_fn(model, cfg: TrainConfig, tx, schedule=None, mesh=None, teacher:
     """The pure (un-jitted) ``train_step(state, batch[, teacher_params]) -> (state, metrics)``.
 
     ``model``, ``tx``, ``schedule``: one each, or dicts by student name when ``cfg.students`` is set
-    (:func:`multi_student_step_fn`). With ``teacher`` (online distillation; a frozen model of any kind) the step
+    (:func:`multi_student_step_fn`; :func:`joint_student_step_fn` when a student learns from a peer). With ``teacher`` (online distillation; a frozen model of any kind) the step
     takes the teacher's frozen parameters as a third argument, runs the teacher on the batch (its own token
     groups, or the student's when the layouts agree) and uses its scores as ``teacher_scores`` (also returned as
     the metric ``teacher_scores`` [B, N]) and, when an objective asks, its in-batch scores, vectors or hidden
@@ -258,7 +316,9 @@ def make_step_fn(model, cfg: TrainConfig, tx, schedule=None, mesh=None, teacher:
     Raises:
       ConfigError: an objective asks the teacher for what it cannot give (:func:`objectives.check_teacher`).
     """
-    if cfg.students:
+    if any(s.peer for s in cfg.students):
+        inner = joint_student_step_fn(model, cfg, tx, schedule)
+    elif cfg.students:
         inner = multi_student_step_fn(model, cfg, tx, schedule, mesh)
     else:
         inner = student_step_fn(model, cfg, tx, schedule, mesh)
