@@ -16,6 +16,7 @@ COMMANDS = {
     "mine": ("distill_jax.cli.mine", "mine hard negatives (BM25 or a trained student) for a BEIR collection"),
     "import-scores": ("distill_jax.cli.import_scores", "convert public teacher-score files to a dataset"),
     "train-teacher": ("distill_jax.cli.train_teacher", "fine-tune a cross-encoder teacher on hard negatives"),
+    "side-features": ("distill_jax.cli.side_features", "per-passage side information for a teacher column"),
     "score": ("distill_jax.cli.score", "score candidate lists with a teacher: the answer key"),
     "train": ("distill_jax.cli.train", "train a student from a config (resumes from its work directory)"),
     "retrieve": ("distill_jax.cli.retrieve", "retrieve (or rerank) a BEIR split with a student: a TREC run"),

@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="distill-jax score", description=answer_key_doc(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", action="append", required=True, help="cross-encoder checkpoint (repeatable: one column each); 'bm25' = the lexical teacher (each pair's BM25 score)")
+    p.add_argument("--teacher", action="append", required=True, help="cross-encoder checkpoint (repeatable: one column each); 'bm25' = the lexical teacher (each pair's BM25 score); 'side:DIR' = side information (query . passage vectors of a side-feature directory, distill-jax side-features)")
     p.add_argument("--collection", required=True, help="BEIR folder")
     p.add_argument("--candidates", required=True, help="candidate JSONL from `distill-jax mine`")
     p.add_argument("--out", required=True, help="teacher-score dataset directory")

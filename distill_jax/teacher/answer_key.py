@@ -35,6 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from distill_jax.teacher.side import SideFeatures, is_side_teacher, side_directory, side_fingerprint
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,8 @@ class ScoreConfig:
       teachers: cross-encoder checkpoint directories (or hub ids); several = an ensemble, one column each.
         ``"bm25"`` is the lexical teacher: each pair's BM25 score over the collection (the settings ``mine``
         uses by default), a column to ensemble with a cross-encoder's (``data.teacher_combine="zmean"``).
+        ``"side:DIR"`` is side information: each pair's dot product of precomputed query and passage vectors
+        (:mod:`distill_jax.teacher.side`; e.g. passage image embeddings), a column no text-only student sees.
       collection: BEIR folder with the corpus and queries.
       candidates: candidate JSONL (``{"qid","pos","neg"}``) from ``distill-jax mine``.
       out_dir: the teacher-score dataset directory.
@@ -93,7 +97,10 @@ BM25_TEACHER = "bm25"
 
 
 def teacher_name(path: str) -> str:
-    """A column name for a teacher: the checkpoint directory's base name (``"bm25"`` for the lexical one)."""
+    """A column name for a teacher: the checkpoint directory's base name (``"bm25"`` for the lexical one,
+    ``"side-<base name>"`` for side features)."""
+    if is_side_teacher(path):
+        return "side-" + teacher_name(side_directory(path))
     return os.path.basename(os.path.normpath(path)) or path
 
 
@@ -129,6 +136,8 @@ def teacher_fingerprint(path: str) -> str:
 
     if path == BM25_TEACHER:
         return lexical_fingerprint()
+    if is_side_teacher(path):
+        return side_fingerprint(side_directory(path))
     directory = resolve_checkpoint_dir(path)
     files = {}
     for root, _, names in os.walk(directory):
@@ -239,6 +248,7 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
     if todo:
         collection, lists, stats["records_skipped"] = checked_candidate_lists(cfg, policy)
         teachers = [lexical_teacher(collection) if t == BM25_TEACHER else
+                    (SideFeatures(side_directory(t)), "side") if is_side_teacher(t) else
                     load_teacher(t, cfg.dtype, cfg.batch_size, cfg.buckets, cfg.allow_pickle) for t in cfg.teachers]
         record_manifest(cfg, manifest)
         total = sum(len(p) for s in todo for _, p, _ in lists[s]) * len(teachers)
@@ -246,10 +256,12 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
         with tqdm(total=total, unit="pair", desc="score", smoothing=0.1) as bar:
             for s in todo:
                 qids = [q for q, _, _ in lists[s]]
-                q_texts = [collection.queries[q] for q, pids, _ in lists[s] for _ in pids]
+                q_ids = [q for q, pids, _ in lists[s] for _ in pids]
+                q_texts = [collection.queries[q] for q in q_ids]
                 p_ids = [p for _, pids, _ in lists[s] for p in pids]
                 p_texts = [collection.passage(p) for p in p_ids]
                 cols = np.stack([lexical_scores(sc, q_texts, p_ids, bar.update) if tok is None else
+                                 side_scores(sc, q_ids, p_ids, bar.update) if tok == "side" else
                                  score_pairs(sc, tok, q_texts, p_texts, cfg.max_length, bar.update)
                                  for sc, tok in teachers], axis=-1)  # [pairs, T]
                 offsets = np.cumsum([0] + [len(p) for _, p, _ in lists[s]])
@@ -263,8 +275,8 @@ def run_score(cfg: ScoreConfig, process_index: int | None = None, process_count:
                 log.info("score: shard %d/%d written (%d queries)", s + 1, cfg.num_shards, len(qids))
         elapsed = time.perf_counter() - start
         stats["pairs_per_s"] = stats["pairs"] / max(elapsed, 1e-9)
-        real = sum(sc.stats.real_tokens for sc, tok in teachers if tok is not None)
-        padded = sum(sc.stats.padded_tokens for sc, tok in teachers if tok is not None)
+        real = sum(sc.stats.real_tokens for sc, tok in teachers if tok not in (None, "side"))
+        padded = sum(sc.stats.padded_tokens for sc, tok in teachers if tok not in (None, "side"))
         stats["padding_fraction"] = padded / max(real + padded, 1)
     finalize_after_barrier(cfg, names, pi, pc)
     return stats
@@ -284,6 +296,24 @@ def lexical_scores(index, queries: Sequence[str], doc_ids: Sequence[str], progre
     out = index.pair_scores(queries, doc_ids)
     if progress is not None:
         progress(len(doc_ids))
+    return out
+
+
+def side_scores(features: SideFeatures, query_ids: Sequence[str], passage_ids: Sequence[str],
+                progress=None) -> np.ndarray:
+    """[P] side-feature scores of (query id, passage id) pairs (:meth:`SideFeatures.pair_scores`).
+
+    Raises:
+      DataError: a query or passage without a side vector (naming it and the file).
+    """
+    from distill_jax.data.collections import DataError
+
+    try:
+        out = features.pair_scores(query_ids, passage_ids)
+    except KeyError as e:
+        raise DataError(e.args[0]) from None
+    if progress is not None:
+        progress(len(passage_ids))
     return out
 
 

@@ -1,0 +1,78 @@
+"""A teacher with side information (``distill-jax side-features`` + ``score --teacher side:DIR``): the side
+vectors equal sentence-transformers' embeddings of the same texts; the side column is each pair's float64 dot
+product of them, beside the cross-encoder's column as it is alone; changed features are refused on a rerun; a
+pair without a side vector fails naming the file and the id."""
+
+import json
+
+import numpy as np
+import pytest
+
+from distill_jax.cli import main as cli
+from distill_jax.data.collections import DataError, load_collection
+from distill_jax.teacher.answer_key import ScoreConfig, run_score, teacher_name
+from distill_jax.teacher.side import SideFeatures, write_side_features
+from test_teacher import _read, _write_collection, tiny_teacher  # noqa: F401  (tiny_teacher: a fixture)
+
+
+@pytest.fixture(scope="module")
+def side(tmp_path_factory, minilm_dir):
+    root = tmp_path_factory.mktemp("side")
+    _write_collection(root / "col")
+    assert cli(["side-features", "--model", minilm_dir, "--collection", str(root / "col"),
+                "--out", str(root / "feat")]) == 0
+    return root
+
+
+def test_side_vectors_are_the_encoders_embeddings(side, minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(minilm_dir, device="cpu")
+    col = load_collection(str(side / "col"), None)
+    doc_ids, texts = col.passages()
+    feat = side / "feat"
+    assert json.load(open(feat / "passage_ids.json")) == doc_ids
+    qids = json.load(open(feat / "query_ids.json"))
+    assert qids == list(col.queries)
+    np.testing.assert_allclose(np.load(feat / "passages.npy"), st.encode(texts), atol=2e-5)
+    np.testing.assert_allclose(np.load(feat / "queries.npy"), st.encode([col.queries[q] for q in qids]),
+                               atol=2e-5)
+    with pytest.raises(FileExistsError, match="already holds side features"):
+        write_side_features(str(feat), ["q"], np.zeros((1, 2)), ["d"], np.zeros((1, 2)), {})
+
+
+def test_side_column_beside_the_cross_encoder(side, tmp_path, tiny_teacher):
+    feat = str(side / "feat")
+    common = dict(collection=str(side / "col"), candidates=str(side / "col" / "cands.jsonl"), num_shards=2,
+                  max_length=64, buckets=(32, 64), batch_size=16)
+    run_score(ScoreConfig(teachers=(tiny_teacher,), out_dir=str(tmp_path / "one"), **common), 0, 1)
+    run_score(ScoreConfig(teachers=(tiny_teacher, "side:" + feat), out_dir=str(tmp_path / "two"), **common), 0, 1)
+    assert teacher_name("side:" + feat) == "side-feat"
+    one, two = _read(tmp_path / "one"), _read(tmp_path / "two")
+    q_vec = dict(zip(json.load(open(f"{feat}/query_ids.json")), np.load(f"{feat}/queries.npy").astype(np.float64)))
+    p_vec = dict(zip(json.load(open(f"{feat}/passage_ids.json")), np.load(f"{feat}/passages.npy").astype(np.float64)))
+    assert one.keys() == two.keys() and len(two) == 12
+    text = lambda x: x.decode() if isinstance(x, bytes) else x  # noqa: E731
+    for key, rec in two.items():
+        np.testing.assert_array_equal(rec["scores"][:, 0], one[key]["scores"][:, 0])
+        want = [q_vec[text(key)] @ p_vec[text(p)] for p in rec["pids"]]
+        np.testing.assert_allclose(rec["scores"][:, 1], want, rtol=1e-6, atol=1e-7)
+    # other features in the same output directory: refused, naming the teachers
+    other = tmp_path / "feat"  # the same column name, other vectors
+    write_side_features(str(other), json.load(open(f"{feat}/query_ids.json")), np.load(f"{feat}/queries.npy"),
+                        json.load(open(f"{feat}/passage_ids.json")), np.load(f"{feat}/passages.npy")[::-1].copy(), {})
+    with pytest.raises(DataError, match="teachers"):
+        run_score(ScoreConfig(teachers=(tiny_teacher, f"side:{other}"), out_dir=str(tmp_path / "two"), **common), 0, 1)
+
+
+def test_a_pair_without_side_vector_names_the_file_and_id(side, tmp_path):
+    feat = str(side / "feat")
+    part = tmp_path / "part"
+    qids = json.load(open(f"{feat}/query_ids.json"))
+    write_side_features(str(part), qids[1:], np.load(f"{feat}/queries.npy")[1:],
+                        json.load(open(f"{feat}/passage_ids.json")), np.load(f"{feat}/passages.npy"), {})
+    with pytest.raises(KeyError, match=f"query_ids.json has no vector for '{qids[0]}'"):
+        SideFeatures(str(part)).pair_scores([qids[0]], ["d0"])
+    common = dict(collection=str(side / "col"), candidates=str(side / "col" / "cands.jsonl"), num_shards=1)
+    with pytest.raises(DataError, match="query_ids.json has no vector"):
+        run_score(ScoreConfig(teachers=(f"side:{part}",), out_dir=str(tmp_path / "s"), **common), 0, 1)
