@@ -259,8 +259,8 @@ def test_two_processes_score_equals_one_process(tmp_path, teacher):
     port = _free_port()
     procs = [subprocess.Popen(cmd(tmp_path / "two"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=dict(env, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                                       JAX_PROCESS_ID=str(i), JAX_INIT_TIMEOUT_S="120")) for i in range(2)]
-    logs = [p.communicate(timeout=600)[0] for p in procs]
+                                       JAX_PROCESS_ID=str(i), JAX_INIT_TIMEOUT_S="600")) for i in range(2)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     assert "2 shard(s) scored" in logs[0] and "1 shard(s) scored" in logs[1]
     one, two = sorted(os.listdir(tmp_path / "one")), sorted(os.listdir(tmp_path / "two"))
