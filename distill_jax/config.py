@@ -636,6 +636,19 @@ def config_from_file(path: str, variant: str | None, what: str, hint: str):
     return module.get_config(variant) if variant else module.get_config()
 
 
+def base_checkpoint(cfg: TrainConfig) -> str:
+    """The Hugging Face / exported directory (or hub id) a run's student descends from: ``model.checkpoint``, else,
+    for a student made of its teacher's layers (``teacher.init_student``), the teacher's checkpoint; a
+    ``distill-jax train`` work directory there resolves through its ``config.json`` to its own base. "" = a random
+    start. Its geometry (less the layers a run selected) and tokenizer are the student's."""
+    path = cfg.model.checkpoint or (cfg.teacher.model.checkpoint if cfg.teacher.init_student else "")
+    saved = os.path.join(path, "config.json") if path else ""
+    if saved and os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isfile(saved):
+        with open(saved) as f:
+            return base_checkpoint(from_dict(json.load(f)))
+    return path
+
+
 def to_dict(cfg) -> dict:
     """JSON-able dict of a config (written beside checkpoints)."""
     return dataclasses.asdict(cfg)

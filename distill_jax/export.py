@@ -121,16 +121,15 @@ def export_run(workdir: str, out_dir: str, fmt: str = "native", step: int | None
       ExportRefused: ``out_dir`` is inside / holds the work directory, or holds files export did not write.
       ValueError: unknown format; no tokenizer for a native export; a tokenizer larger than the vocabulary.
     """
-    from distill_jax.models.hf import resolve_checkpoint_dir, transformer_dir
+    from distill_jax.models.hf import resolve_checkpoint_dir
     from distill_jax.train.checkpoint import restore_student
-    from distill_jax.train.state import encoder_config
+    from distill_jax.train.state import saved_geometry
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     check_out_dir(out_dir, workdir)  # before the (slow) restore
     params, step, cfg = restore_student(workdir, student, step)
-    base = resolve_checkpoint_dir(cfg.model.checkpoint) if cfg.model.checkpoint else None
-    enc = EncoderConfig.from_pretrained_dir(transformer_dir(base)) if base else encoder_config(cfg.model)
+    enc, base = saved_geometry(cfg, params)
     check_geometry(enc, params, source=f"{workdir} step {step}")
     tok = tokenizer or (resolve_checkpoint_dir(cfg.data.tokenizer) if cfg.data.tokenizer else base)
     provenance = {"step": step, "workdir": os.path.abspath(workdir), "run": cfg.name,

@@ -356,3 +356,28 @@ def test_alignment_objectives_refuse_a_teacher_that_cannot_feed_them():
     token = load_config("configs/colbert_self_distill.py:tiny").loss.terms()
     with pytest.raises(ConfigError, match="compares token vectors; a dense teacher has none"):
         objectives.check_teacher(token, kinds.get("colbert"), kinds.get("dense"), None, None, 1)
+
+
+def test_a_student_of_its_teachers_layers_has_the_teachers_tokenizer_and_geometry(minilm_dir, tmp_path):
+    """A student made of its teacher's first layers (teacher.init_student, no model.checkpoint) reads text with
+    the teacher's tokenizer and is exported / retrieved with the teacher's geometry at its own depth; a teacher
+    that is a work directory resolves to the checkpoint that run started from."""
+    import json
+
+    from distill_jax.config import base_checkpoint, to_dict
+    from distill_jax.data.pipeline import tokenizer_path
+    from distill_jax.models.hf import resolve_checkpoint_dir
+
+    cfg = load_config("configs/dense_leaf.py", [f"teacher.model.checkpoint={minilm_dir}", "data.dataset_dir=x"])
+    assert cfg.model.checkpoint == "" and cfg.teacher.init_student and cfg.model.init_layers == (0, 1)
+    assert tokenizer_path(cfg) == resolve_checkpoint_dir(minilm_dir)
+    params = {"encoder": {"layer_0": {}, "layer_1": {}, "embeddings": {}}}
+    enc, base = state_lib.saved_geometry(cfg, params)
+    assert (enc.num_layers, enc.hidden_size, enc.vocab_size, base) == (2, 384, 30522, resolve_checkpoint_dir(minilm_dir))
+    # a teacher that is a work directory (e.g. a distilled student) resolves through its config.json
+    run = tmp_path / "teacher_run"
+    (run / "checkpoints").mkdir(parents=True)
+    teacher_run = load_config("configs/dense_infonce.py", [f"model.checkpoint={minilm_dir}", "data.dataset_dir=x"])
+    (run / "config.json").write_text(json.dumps(to_dict(teacher_run)))
+    cfg = load_config("configs/dense_lead.py", [f"teacher.model.checkpoint={run}", "data.dataset_dir=x"])
+    assert base_checkpoint(cfg) == minilm_dir and tokenizer_path(cfg) == resolve_checkpoint_dir(minilm_dir)

@@ -411,10 +411,13 @@ _FIX = ("Resume with the settings the run was started with (its work directory's
 
 
 def tokenizer_path(cfg) -> str:
-    """The tokenizer directory of a run (``data.tokenizer``, else the model checkpoint's)."""
+    """The tokenizer directory of a run: ``data.tokenizer``, else its base checkpoint's
+    (:func:`distill_jax.config.base_checkpoint`: the model checkpoint, or the teacher's for a student made of the
+    teacher's layers; a work directory resolves to its own base)."""
+    from distill_jax.config import base_checkpoint
     from distill_jax.models.hf import resolve_checkpoint_dir
 
-    path = cfg.data.tokenizer or cfg.model.checkpoint
+    path = cfg.data.tokenizer or base_checkpoint(cfg)
     if not path:
         raise DataError("no tokenizer: set data.tokenizer (or model.checkpoint, whose tokenizer is used)")
     return resolve_checkpoint_dir(path)

@@ -107,15 +107,14 @@ def load_model(path: str, kind: str | None = None, step: int | None = None, quer
 
 
 def _from_workdir(workdir: str, step: int | None, student: str | None = None) -> RetrievalModel:
-    from distill_jax.models import EncoderConfig, build_model
+    from distill_jax.models import build_model
     from distill_jax.models.hf import resolve_checkpoint_dir
     from distill_jax.train.checkpoint import restore_student
-    from distill_jax.train.state import encoder_config
+    from distill_jax.train.state import saved_geometry
 
     params, step, cfg = restore_student(workdir, student, step)
     m, d = cfg.model, cfg.data
-    base = resolve_checkpoint_dir(m.checkpoint) if m.checkpoint else None
-    enc = EncoderConfig.from_pretrained_dir(base) if base else encoder_config(m)
+    enc, base = saved_geometry(cfg, params)
     model = build_model(m.kind, enc, **kinds.get(m.kind).model_options(m, d))
     tok_dir = resolve_checkpoint_dir(d.tokenizer) if d.tokenizer else base
     if not tok_dir:

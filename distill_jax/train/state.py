@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from distill_jax import distributed, kinds
-from distill_jax.config import ModelConfig, OptimConfig, TrainConfig
+from distill_jax.config import ModelConfig, OptimConfig, TrainConfig, base_checkpoint
 from distill_jax.models import EncoderConfig, build_model, dummy_batch, init_params, load_pretrained, select_layers
 from distill_jax.models.hf import resolve_checkpoint_dir, transformer_dir
 
@@ -56,6 +56,20 @@ def encoder_config(cfg: ModelConfig) -> EncoderConfig:
                          num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
                          max_position_embeddings=cfg.max_position_embeddings, hidden_dropout=cfg.dropout,
                          attention_dropout=cfg.dropout)
+
+
+def saved_geometry(cfg: TrainConfig, params: dict) -> tuple[EncoderConfig, str | None]:
+    """(encoder geometry, base directory or None) of a trained student's ``params`` with its run's ``cfg``: the
+    base checkpoint's geometry (:func:`distill_jax.config.base_checkpoint`) with the number of layers the params
+    hold when the run selected layers (``model.init_layers``), else ``model``'s own fields for a random start."""
+    base = base_checkpoint(cfg)
+    base = resolve_checkpoint_dir(base) if base else None
+    if not base:
+        return encoder_config(cfg.model), None
+    enc = EncoderConfig.from_pretrained_dir(transformer_dir(base))
+    if cfg.model.init_layers:
+        enc = dataclasses.replace(enc, num_layers=sum(1 for k in params["encoder"] if k.startswith("layer_")))
+    return enc, base
 
 
 def compute_dtype(m: ModelConfig):
