@@ -180,6 +180,15 @@ def student_batch(batch: dict[str, Any], name: str, kind_name: str) -> dict[str,
     return view
 
 
+def run_totals(metrics: dict[str, Array], names, nonfinite: Array, skipped: Array) -> dict[str, Array]:
+    """The run-level metrics of several students' ``<name>/<metric>``: summed ``loss`` and ``tokens``, the
+    examples of the batch, the total ``grad_norm`` (root of the summed squares), ``nonfinite`` and ``skipped``."""
+    return {"loss": sum(metrics[f"{n}/loss"] for n in names), "tokens": sum(metrics[f"{n}/tokens"] for n in names),
+            "examples": metrics[f"{names[0]}/examples"], "nonfinite": nonfinite,
+            "grad_norm": jnp.sqrt(sum(metrics[f"{n}/grad_norm"] ** 2 for n in names)),
+            "skipped": skipped.astype(jnp.float32)}
+
+
 def multi_student_step_fn(models: dict, cfg: TrainConfig, txs: dict, schedules: dict | None = None,
                           mesh=None) -> Callable:
     """Several students in one step from the same batch: each student's own step (:func:`student_step_fn`) on its
@@ -201,11 +210,7 @@ def multi_student_step_fn(models: dict, cfg: TrainConfig, txs: dict, schedules: 
         names = list(steps)
         nonfinite = jnp.max(jnp.stack([metrics[f"{n}/nonfinite"] for n in names]))
         skipped = state.skipped + (nonfinite > 0).astype(jnp.int32)
-        metrics.update(loss=sum(metrics[f"{n}/loss"] for n in names),
-                       tokens=sum(metrics[f"{n}/tokens"] for n in names),
-                       examples=metrics[f"{names[0]}/examples"], nonfinite=nonfinite,
-                       grad_norm=jnp.sqrt(sum(metrics[f"{n}/grad_norm"] ** 2 for n in names)),
-                       skipped=skipped.astype(jnp.float32))
+        metrics.update(run_totals(metrics, names, nonfinite, skipped))
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, skipped=skipped), metrics
 
     return train_step
@@ -260,10 +265,7 @@ def joint_student_step_fn(models: dict, cfg: TrainConfig, txs: dict, schedules: 
                 m["learning_rate"] = schedules[name](state.step)
             m = {k: jnp.asarray(v, jnp.float32) for k, v in m.items()}
             metrics.update({f"{name}/{k}": v for k, v in {**m, "scores": scores.astype(jnp.float32)}.items()})
-        metrics.update(loss=jnp.asarray(total, jnp.float32),
-                       tokens=sum(metrics[f"{n}/tokens"] for n in order),
-                       examples=metrics[f"{order[0]}/examples"], nonfinite=(~finite).astype(jnp.float32),
-                       grad_norm=jnp.asarray(grad_norm, jnp.float32), skipped=skipped.astype(jnp.float32))
+        metrics.update(run_totals(metrics, order, (~finite).astype(jnp.float32), skipped))
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, skipped=skipped), metrics
 
     return train_step
