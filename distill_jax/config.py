@@ -25,6 +25,7 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the field, the value and the fix."""
 
 DTYPES = ("float32", "bfloat16")
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,10 @@ class ModelConfig:
         are. () = every layer.
       dtype: compute dtype, "float32" or "bfloat16" (parameters and optimiser state stay float32).
       remat: rematerialise encoder layers in the backward pass (less memory, more compute).
+      remat_policy: what a rematerialised layer keeps for the backward (``distill_jax.models.encoder``
+        ``REMAT_POLICIES``): "full" (only its input), "dots" (the dense matmul outputs; attention, softmax, GELU,
+        LayerNorm and dropout recomputed), "dots_masks" ("dots" plus the dropout keep-masks, so no random bits are
+        drawn twice).
       vocab_size, hidden_size, num_layers, num_heads, intermediate_size, max_position_embeddings: the geometry of a
         randomly initialised encoder (ignored when ``checkpoint`` is set).
       dropout: hidden and attention dropout for a random encoder (a checkpoint brings its own).
@@ -66,6 +71,7 @@ class ModelConfig:
     init_layers: tuple = ()
     dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "full"
     vocab_size: int = 30522
     hidden_size: int = 384
     num_layers: int = 6
@@ -82,6 +88,11 @@ class ModelConfig:
     dense_projection_dim: int = 0
     dense_normalize: bool = False
     allow_pickle: bool = False
+
+    @property
+    def encoder_remat(self) -> str:
+        """The ``remat`` argument of the models: the policy name, or "" without remat."""
+        return self.remat_policy if self.remat else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +228,9 @@ class DataConfig:
         Also used by validation (``eval.collection_dir``).
       pretokenize: tokenise every passage and query once into token tables (False: tokenise each batch).
       token_cache_dir: cache the token tables here by fingerprint ("" = no cache).
+      length_buckets: padded lengths each batch's token groups are cut to, the smallest that holds the global
+        batch's longest sequence (e.g. ``(64, 96, 128, 160)``; the maximum lengths above stay the cap): real text
+        shorter than the maximum is not padded to it; one compilation of the step per bucket used. () = off.
       num_threads, prefetch: loader threads and batches built ahead.
     """
 
@@ -240,6 +254,7 @@ class DataConfig:
     empty_docs: str = "raise"
     pretokenize: bool = True
     token_cache_dir: str = ""
+    length_buckets: tuple = ()
     num_threads: int = 2
     prefetch: int = 4
 
@@ -351,6 +366,9 @@ class TrainConfig:
       workdir: checkpoints, metrics.jsonl and TensorBoard events go here; a run resumes from it automatically.
       steps: total optimiser steps.
       seed: model initialisation and dropout seed.
+      dropout_prng: the PRNG of the dropout masks, a ``jax.random`` implementation: "threefry2x32" (default; the
+        same masks on any number of devices) or "rbg" / "unsafe_rbg" (XLA's RngBitGenerator: cheaper bits on GPU
+        and TPU; resumes bit-exactly, but the masks depend on the mesh: see docs/speed.md).
       log_every: write metrics every this many steps.
       tensorboard: also write TensorBoard events.
       progress: show a tqdm progress bar.
@@ -363,6 +381,7 @@ class TrainConfig:
     workdir: str = "runs/run"
     steps: int = 10_000
     seed: int = 0
+    dropout_prng: str = "threefry2x32"
     log_every: int = 50
     tensorboard: bool = True
     progress: bool = True
@@ -440,6 +459,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice(cfg.model.kind, STUDENT_KINDS, "model.kind")
     _choice(cfg.model.dtype, DTYPES, "model.dtype")
     _choice(cfg.model.dense_pooling, ("mean", "cls"), "model.dense_pooling")
+    _choice(cfg.model.remat_policy, ("full", "dots", "dots_masks"), "model.remat_policy")
+    _choice(cfg.dropout_prng, PRNG_IMPLS, "dropout_prng")
     _choice(cfg.optim.schedule, ("linear", "cosine", "constant"), "optim.schedule")
     _choice(cfg.optim.nonfinite, ("raise", "skip"), "optim.nonfinite")
     _choice(cfg.data.source, ("dataset", "synthetic"), "data.source")

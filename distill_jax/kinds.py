@@ -27,6 +27,7 @@ import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
+import numpy as np
 
 from distill_jax import scoring
 from distill_jax.models.colbert import ColBERTConfig
@@ -86,6 +87,30 @@ class TokenSpec:
             return self.pair_maxlen - 3, self.pair_maxlen - 3
         extra = 3 if self.layout == "colbert" else 2
         return self.query_maxlen - extra, self.doc_maxlen - extra
+
+
+    def group_lengths(self, query_lengths: np.ndarray, doc_lengths: np.ndarray) -> dict[str, np.ndarray]:
+        """Tokens before the padding of each token group that bucketing may shorten, from body lengths.
+
+        Args:
+          query_lengths, doc_lengths: int [K] full body token counts of K (query, candidate) pairs.
+
+        Returns:
+          ``{"pairs": [K]}`` (``[CLS] q [SEP] p [SEP]``, longest-first truncation), or ``{"query": [K], "docs":
+          [K]}``; ColBERT queries are absent: their [MASK] padding to ``query_maxlen`` is part of the model.
+        """
+        q_room, d_room = self.rooms
+        if self.layout == "pairs":
+            return {"pairs": np.minimum(query_lengths + doc_lengths, q_room) + 3}
+        extra = self.doc_maxlen - d_room
+        out = {"docs": np.minimum(doc_lengths, d_room) + extra}
+        if self.layout == "text":
+            out["query"] = np.minimum(query_lengths, q_room) + 2
+        return out
+
+    def group_maxlen(self, group: str) -> int:
+        """The padded length of ``group`` without bucketing."""
+        return {"pairs": self.pair_maxlen, "query": self.query_maxlen, "docs": self.doc_maxlen}[group]
 
 
 LAYOUTS = ("pairs", "colbert", "text")

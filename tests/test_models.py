@@ -9,6 +9,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from distill_jax.config import ConfigError
@@ -165,6 +166,71 @@ def test_dropout_only_in_training(tiny_cfg):
     c = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": jax.random.key(2)})
     d = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": jax.random.key(3)})
     assert float(jnp.abs(c - d).max()) > 1e-3
+
+
+def test_dropout_draws_flax_dropouts_masks_bitwise():
+    """The encoder's Dropout (its mask named for remat policies) keeps nn.Dropout's submodule names and RNG
+    stream: the same key gives bitwise the same output."""
+    import flax.linen as nn
+
+    from distill_jax.models.encoder import Dropout
+
+    def wrap(cls):
+        class Two(nn.Module):  # two auto-named dropouts in one scope: Dropout_0, Dropout_1
+            @nn.compact
+            def __call__(self, x):
+                return cls(0.1)(x, deterministic=False) + cls(0.3)(2 * x, deterministic=False)
+        return Two()
+
+    x = jnp.ones((4, 50, 7))
+    rngs = {"dropout": jax.random.key(3)}
+    ours, flax_out = wrap(Dropout).apply({}, x, rngs=rngs), wrap(nn.Dropout).apply({}, x, rngs=rngs)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(flax_out))
+    assert 0.01 < float(jnp.mean(ours == 0)) < 0.06  # masks really drawn (both zero: 0.1 x 0.3)
+
+
+def _saved_residuals(fn, *args) -> list[str]:
+    import contextlib
+    import io
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print_saved_residuals(fn, *args)
+    return buf.getvalue().splitlines()
+
+
+def test_remat_policies_keep_what_they_say_with_the_same_value_and_gradient(tiny_cfg):
+    """Every remat policy gives the value and gradient of no remat (float32 rounding: the backward recomputes);
+    the residuals kept for the backward: no remat keeps the [B, heads, L, L] attention probabilities and every
+    dropout mask, "full" and "dots" keep no mask of a layer (drawn again in the backward), "dots_masks" keeps
+    every mask (1 byte an element) but no attention probabilities."""
+    cfg = dataclasses.replace(tiny_cfg, num_layers=1)
+    ids = jax.random.randint(jax.random.key(0), (3, 20), 1, cfg.vocab_size)
+    mask = jnp.ones_like(ids).at[2, 15:].set(0)
+    out = {}
+    for mode in ("", "full", "dots", "dots_masks"):
+        enc = Encoder(cfg, remat=mode)
+        params = enc.init(jax.random.key(1), ids, mask)
+
+        def f(p):
+            h = enc.apply(p, ids, mask, deterministic=False, rngs={"dropout": jax.random.key(5)})
+            return jnp.sum(h ** 2 * mask[..., None])
+
+        value, grad = jax.jit(jax.value_and_grad(f))(params)
+        res = _saved_residuals(f, params)
+        probs = f"f32[3,{cfg.num_heads},20,20]"
+        out[mode] = (value, grad, sum("bool[" in r for r in res), sum(r.startswith(probs) for r in res))
+    v0, g0, masks0, probs0 = out[""]
+    assert masks0 == 4 and probs0 >= 1  # embeddings + attention probs + 2 residual branches; probs kept
+    for mode, (v, g, masks, probs) in out.items():
+        np.testing.assert_allclose(float(v), float(v0), rtol=1e-6, err_msg=mode)
+        scale = float(optax.global_norm(g0))  # relative to the whole gradient: the key bias's is 0 (+ rounding)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0)):
+            assert float(jnp.linalg.norm(a - b)) <= 1e-5 * scale, mode
+    assert out["full"][2] == out["dots"][2] == 1  # only the embeddings' mask (outside the rematerialised layer)
+    assert out["dots_masks"][2] == 4 and out["dots_masks"][3] == out["dots"][3] == 0
 
 
 def test_bf16_compute_keeps_f32_params(tiny_cfg):

@@ -328,3 +328,82 @@ def test_table_path_batches_equal_text_path_batches_on_scifact(scifact_data, kin
         q_kept = q_kept.sum(-1) - 2  # minus [CLS] and the first [SEP]
         full = att.sum(-1) == 64
         assert (~full).any() and (full & (q_kept < 30)).any() and (full & (q_kept == 30)).any()
+
+
+def _bucketed_pair(d, kind, sampling, pc=1, pi=0, batch_size=2, num_candidates=3):
+    """(full-length loader, bucketed loader) over the real SciFact texts, at lengths up to 512 (most SciFact
+    abstracts are 185-500 tokens: at 180 nearly every batch holds one that fills it)."""
+    cfg = dict(batch_size=batch_size, num_candidates=num_candidates, model_kind=kind, query_maxlen=32,
+               doc_maxlen=512, pair_maxlen=512,
+               sampling=sampling, top_k=8, num_threads=1, prefetch=1, token_cache_dir=d["cache"])
+    make = lambda **extra: TrainLoader(d["path"], d["corpus"], d["queries"], d["tok"],  # noqa: E731
+                                       LoaderConfig(**cfg, **extra), process_index=pi, process_count=pc)
+    return make(), make(length_buckets=BUCKETS)
+
+
+BUCKETS = (16, 48, 96, 128, 256, 384)
+
+
+@pytest.mark.parametrize("kind,sampling", [("colbert", "hardest"), ("splade", "random"),
+                                           ("cross_encoder", "hardest"), ("dense", "random")])
+def test_length_buckets_cut_only_padding_and_agree_across_hosts(scifact_data, kind, sampling):
+    """Bucketed batches are the unbucketed ones cut to a listed length (or the maximum) that drops only padding;
+    every host of a 2-host job cuts each step alike; with "hardest" sampling the cut is the tightest bucket of
+    the global batch (the bound is exact), and real text gives more than one length."""
+    d = scifact_data
+    (full0, cut0), (full1, cut1) = _bucketed_pair(d, kind, sampling, 2, 0), _bucketed_pair(d, kind, sampling, 2, 1)
+    groups = ("pairs",) if kind == "cross_encoder" else ("query", "docs")
+    seen = set()
+    for step in range(2 * full0.steps_per_epoch):
+        a0, b0, a1, b1 = full0.batch(step), cut0.batch(step), full1.batch(step), cut1.batch(step)
+        lengths = {}
+        for g in groups:
+            n = b0[g]["input_ids"].shape[-1]
+            assert b1[g]["input_ids"].shape[-1] == n  # both hosts alike
+            maxlen = a0[g]["input_ids"].shape[-1]
+            assert n in BUCKETS + (maxlen,) and n <= maxlen
+            for a, b in ((a0, b0), (a1, b1)):
+                assert not a[g]["attention_mask"][..., n:].any()  # only padding was cut
+                for k in a[g]:
+                    np.testing.assert_array_equal(b[g][k], a[g][k][..., :n])
+            longest = max(int(a[g]["attention_mask"].sum(-1).max()) for a in (a0, a1))
+            if sampling == "hardest" and not (kind == "colbert" and g == "query"):
+                assert n == min([x for x in BUCKETS if longest <= x <= maxlen] + [maxlen]), (g, step)
+            lengths[g] = n
+        for k in ("teacher_scores", "mask", "weight", "index"):
+            np.testing.assert_array_equal(a0[k], b0[k])
+        seen.add(tuple(lengths.values()))
+    assert len(seen) > 1, seen
+    if kind == "colbert":  # ColBERT queries keep their [MASK] expansion to query_maxlen
+        assert {s[0] for s in seen} == {32}
+
+
+def test_length_buckets_train_the_same_losses_with_a_compile_per_bucket(scifact_data):
+    """The train step on bucketed batches gives the losses of the full-length batches (dropout off; padding is
+    masked everywhere), compiling once per length used."""
+    import jax
+
+    from distill_jax import distributed
+    from distill_jax.config import load_config
+    from distill_jax.train import state as state_lib
+    from distill_jax.train.step import HOST_ONLY_KEYS, compile_train_step
+
+    cfg = load_config("configs/tiny.py:splade", ["model.vocab_size=30522", "model.num_layers=1", "model.dropout=0",
+                                                 "model.max_position_embeddings=512",
+                                                 "data.batch_size=8", "data.n_candidates=6", "steps=6"])
+    mesh = distributed.make_mesh(devices=jax.devices()[:1])
+    model, _, _ = state_lib.make_model(cfg)
+    tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
+    losses, compiles = {}, {}
+    for name, loader in zip(("full", "cut"), _bucketed_pair(scifact_data, "splade", "hardest")):
+        state, shardings = state_lib.create_state(model, tx, mesh, 0)
+        step = compile_train_step(model, cfg, tx, mesh, shardings)
+        losses[name] = []
+        for s in range(6):
+            batch = {k: v for k, v in loader.batch(s).items() if k not in HOST_ONLY_KEYS}
+            state, m = step(state, distributed.global_batch(batch, mesh))
+            losses[name].append(float(m["loss"]))
+        compiles[name] = step._cache_size()
+        lengths = {tuple(loader.bucket_lengths(s).values()) for s in range(6)} if name == "cut" else {()}
+    np.testing.assert_allclose(losses["cut"], losses["full"], rtol=1e-5, atol=1e-6)
+    assert compiles["full"] == 1 and compiles["cut"] == len(lengths) > 1

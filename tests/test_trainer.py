@@ -113,6 +113,24 @@ def test_resume_after_sigkill_is_bit_exact_2k_steps(tmp_path):
     run_kill_resume(tmp_path, steps=2000, every=100)
 
 
+def test_resume_is_bit_exact_with_remat_masks_and_rbg_dropout(tmp_path):
+    """A run with the "dots_masks" remat policy and rbg dropout keys, resumed from its step-4 checkpoint (the
+    step-8 one deleted), repeats steps 5-8 bitwise: the rbg key data (4 words) is checkpointed and restored."""
+    import shutil
+
+    over = ["model.num_layers=1", "steps=8", "log_every=1", "checkpoint.every_steps=4", "checkpoint.keep=3",
+            "checkpoint.async_save=false", "model.remat=true", "model.remat_policy=dots_masks", "dropout_prng=rbg"]
+    ref = train(load_config("configs/tiny.py:colbert", [f"workdir={tmp_path / 'ref'}", *over]))
+    shutil.copytree(tmp_path / "ref", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "8")
+    cut = train(load_config("configs/tiny.py:colbert", [f"workdir={tmp_path / 'cut'}", *over]))
+    assert cut["start_step"] == 4 and sorted(cut["losses"]) == [5, 6, 7, 8]
+    assert cut["losses"] == {s: ref["losses"][s] for s in range(5, 9)}
+    assert np.asarray(ref["state"].rng).shape == (4,)  # an rbg key really was the dropout key
+    for a, b in zip(jax.tree.leaves(jax.device_get(ref["state"])), jax.tree.leaves(jax.device_get(cut["state"]))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_one_compile_per_run_and_loss_falls(tmp_path):
     cfg = load_config("configs/tiny.py:colbert", [f"workdir={tmp_path}", "steps=60", "log_every=10",
                                                   "model.num_layers=1", "checkpoint.every_steps=30",

@@ -79,6 +79,12 @@ class LoaderConfig:
         the reference the tests compare with; both give identical batches).
       token_cache_dir: directory where the token tables are cached by fingerprint (tokenizer, texts, length), so
         a restart reads them instead of tokenising again ("" = no cache).
+      length_buckets: padded lengths a batch's token groups may be cut to (documents, (query, passage) pairs,
+        and queries except ColBERT's, whose [MASK] padding is part of the model): each group of a step's batch
+        to the smallest bucket that holds the longest sequence the GLOBAL batch can contain (a per-record bound
+        over every sampling draw, so every host cuts alike), else the group's maximum length. () = every batch
+        at the maximum lengths. The train step compiles once per bucket combination used; needs
+        ``pretokenize``.
     """
 
     batch_size: int
@@ -99,8 +105,13 @@ class LoaderConfig:
     policy: BadInputPolicy = BadInputPolicy()
     pretokenize: bool = True
     token_cache_dir: str = ""
+    length_buckets: tuple = ()
 
     def __post_init__(self):
+        if self.length_buckets and not self.pretokenize:
+            raise ValueError("LoaderConfig.length_buckets needs pretokenize=True (the token tables give the lengths)")
+        if any(int(b) < 1 for b in self.length_buckets):
+            raise ValueError(f"LoaderConfig.length_buckets={self.length_buckets}: lengths must be >= 1")
         if self.sampling not in ("hardest", "random"):
             raise ValueError(f"LoaderConfig.sampling={self.sampling!r}: use 'hardest' or 'random'")
         if self.teacher_combine not in ("column", "mean", "zmean"):
@@ -200,6 +211,7 @@ class TrainLoader:
         self.doc_tokens = self.query_tokens = None
         if config.pretokenize:
             self.doc_tokens, self.query_tokens = self._tokenize_tables()
+        self.length_bounds = self._length_bounds() if config.length_buckets else {}
         self.steps_per_epoch = -(-len(self.valid) // config.batch_size)
         self._perm_cache: dict[int, np.ndarray] = {}
         self._perm_lock = threading.Lock()
@@ -242,12 +254,51 @@ class TrainLoader:
                 self._perm_cache = {epoch: perm}  # batches are built in step order: one epoch cached is enough
             return perm
 
-    def record_indices(self, step: int) -> np.ndarray:
-        """Record indices of this host's batch at global ``step`` (-1: padding). int64 [host batch]."""
+    def global_record_indices(self, step: int) -> np.ndarray:
+        """Record indices of the whole batch at global ``step``, host blocks in process order (-1: padding).
+        int64 [batch_size]."""
         epoch, local = divmod(step, self.steps_per_epoch)
         perm = self._perm(epoch)
-        pos = local * self.config.batch_size + self.process_index * self.host_batch + np.arange(self.host_batch)
+        pos = local * self.config.batch_size + np.arange(self.config.batch_size)
         return np.where(pos < len(perm), perm[np.minimum(pos, len(perm) - 1)], -1)
+
+    def record_indices(self, step: int) -> np.ndarray:
+        """Record indices of this host's batch at global ``step`` (-1: padding). int64 [host batch]."""
+        start = self.process_index * self.host_batch
+        return self.global_record_indices(step)[start:start + self.host_batch]
+
+    # ------------------------------------------------------------------------------------------- lengths
+    def _length_bounds(self) -> dict[str, np.ndarray]:
+        """Per record index, the longest sequence of each bucketed token group its example can hold over every
+        sampling draw ("hardest": exactly its candidates; "random": every positive and the ``top_k`` pool).
+        int32 [len(dataset)] per group (0 for unusable records)."""
+        cfg = self.config
+        size = len(self.dataset)
+        bounds: dict[str, np.ndarray] = {}
+        for i in self.valid:
+            rec = self.dataset.record(int(i))
+            teacher = combine_teachers(rec["scores"], cfg.teacher_combine, cfg.teacher_column)
+            if cfg.sampling == "hardest":
+                reach = sample_candidates(rec["labels"], teacher, cfg.num_candidates, "hardest", None, None)
+            else:
+                neg = np.nonzero(rec["labels"] <= 0)[0]
+                pool = neg[np.argsort(-teacher[neg], kind="stable")][:cfg.top_k]
+                reach = np.concatenate([np.nonzero(rec["labels"] > 0)[0], pool])
+            d_len = np.asarray(self.doc_tokens.lengths)[self.corpus.rows([rec["pids"][j] for j in reach])]
+            q_len = np.full(len(reach), np.asarray(self.query_tokens.lengths)[self.queries.rows([rec["qid"]])[0]])
+            for group, lengths in self.spec.group_lengths(q_len, d_len).items():
+                bounds.setdefault(group, np.zeros(size, np.int32))[i] = int(lengths.max())
+        return bounds
+
+    def bucket_lengths(self, step: int) -> dict[str, int]:
+        """The padded length of each bucketed group at global ``step`` (the same on every host)."""
+        index = self.global_record_indices(step)
+        index = np.where(index >= 0, index, self.valid[0])  # a padding slot repeats the first valid record
+        out = {}
+        for group, bound in self.length_bounds.items():
+            longest, maxlen = int(bound[index].max()), self.spec.group_maxlen(group)
+            out[group] = min([b for b in self.config.length_buckets if longest <= b <= maxlen] + [maxlen])
+        return out
 
     # ------------------------------------------------------------------------------------------- batches
     def _tokenize_tables(self):
@@ -304,6 +355,8 @@ class TrainLoader:
             out.update(self._assemble(self.queries.rows(qids), self.corpus.rows(pids)))
         else:
             out.update(self._tokenize(self.queries.texts(qids), self.corpus.texts(pids)))
+        if self.length_bounds:
+            out.update(cut_groups(out, self.bucket_lengths(step)))
         return out
 
     def _assemble(self, q_rows: np.ndarray, d_rows: np.ndarray) -> dict:
@@ -410,6 +463,21 @@ _FIX = ("Resume with the settings the run was started with (its work directory's
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def cut_groups(batch: dict, lengths: dict[str, int]) -> dict:
+    """The token groups of ``batch`` cut to ``lengths`` (last axis).
+
+    Raises:
+      RuntimeError: a cut column holds a real token (a bound was wrong; never silently truncate).
+    """
+    out = {}
+    for group, n in lengths.items():
+        arrays = batch[group]
+        if np.any(arrays["attention_mask"][..., n:]):
+            raise RuntimeError(f"length bucket {n} of token group {group!r} would cut real tokens")
+        out[group] = {k: v[..., :n] for k, v in arrays.items()}
+    return out
+
+
 def tokenizer_path(cfg) -> str:
     """The tokenizer directory of a run: ``data.tokenizer``, else its base checkpoint's
     (:func:`distill_jax.config.base_checkpoint`: the model checkpoint, or the teacher's for a student made of the
@@ -447,7 +515,8 @@ def loader_for(cfg, vocab_size: int):
                               seed=d.seed, sampling=d.sampling, top_k=d.top_k or None,
                               teacher_combine=d.teacher_combine, teacher_column=d.teacher_column,
                               policy=BadInputPolicy(d.bad_records, d.max_skip_fraction), pretokenize=d.pretokenize,
-                              token_cache_dir=d.token_cache_dir, num_threads=d.num_threads, prefetch=d.prefetch)
+                              token_cache_dir=d.token_cache_dir, num_threads=d.num_threads, prefetch=d.prefetch,
+                              length_buckets=tuple(d.length_buckets))
     check_vocabulary(tok, vocab_size, tokenizer_path(cfg), cfg.model.kind)
     loader = TrainLoader(d.dataset_dir, TextTable.from_collection(collection), collection.queries, tok, loader_cfg)
     try:

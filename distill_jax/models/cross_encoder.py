@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from distill_jax.models.encoder import Encoder, EncoderConfig, dense
+from distill_jax.models.encoder import Dropout, Encoder, EncoderConfig, dense
 
 
 class CrossEncoder(nn.Module):
@@ -41,6 +41,6 @@ class CrossEncoder(nn.Module):
             flat(ids), flat(batch["attention_mask"]), None if types is None else flat(types), deterministic
         )
         pooled = jnp.tanh(dense(self.cfg.hidden_size, ("embed", "embed_out"), self.dtype, "pooler")(h[:, 0]))
-        pooled = nn.Dropout(self.cfg.hidden_dropout)(pooled, deterministic=deterministic)
+        pooled = Dropout(self.cfg.hidden_dropout)(pooled, deterministic=deterministic)
         logit = dense(1, ("embed", None), self.dtype, "classifier")(pooled)
         return logit[:, 0].astype(jnp.float32).reshape(lead)

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Array = jax.Array
 
@@ -36,6 +37,26 @@ ACTIVATIONS = {
 }
 
 SUPPORTED_MODEL_TYPES = ("bert",)
+
+# What the backward pass of a rematerialised encoder layer keeps instead of recomputing (ModelConfig.remat_policy).
+# Dense matmul outputs are the expensive values (~93% of a layer's FLOPs); softmax, GELU, LayerNorm and the
+# dropout selects are cheap to recompute, the attention probabilities [B, heads, L, L] are the big ones to keep.
+_cp = jax.checkpoint_policies
+REMAT_POLICIES = {
+    "full": _cp.nothing_saveable,  # keep only each layer's input: least memory, the whole forward again
+    "dots": _cp.dots_with_no_batch_dims_saveable,  # keep the dense matmul outputs; redo attention and the
+    # elementwise ops, the dropout keep-masks drawn again from their keys
+    "dots_masks": _cp.save_from_both_policies(  # as "dots", plus the dropout keep-masks (1 byte an element),
+        _cp.dots_with_no_batch_dims_saveable, _cp.save_only_these_names("dropout_mask")),  # so no bits again
+}
+
+
+def remat_mode(remat: bool | str) -> str:
+    """A model's ``remat`` attribute as a policy name: False/"" = no remat, True = "full"."""
+    mode = "full" if remat is True else (remat or "")
+    if mode and mode not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {mode!r}; use one of {sorted(REMAT_POLICIES)}")
+    return mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +194,28 @@ def dense(features: int, axes: tuple[str | None, str | None], dtype, name: str, 
     )
 
 
+class Dropout(nn.Module):
+    """``flax.linen.Dropout`` with its keep-mask named ``"dropout_mask"`` for remat policies.
+
+    Same class name, so the same submodule names, the same ``make_rng("dropout")`` stream and bitwise the same
+    mask as ``nn.Dropout``; the name lets the "dots_masks" remat policy keep the mask instead of drawing its
+    random bits a second time in the backward pass.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        if self.rate == 0.0 or deterministic:
+            return x
+        if self.rate == 1.0:
+            return jnp.zeros_like(x)
+        keep_prob = 1.0 - self.rate
+        keep = jax.random.bernoulli(self.make_rng("dropout"), p=keep_prob, shape=x.shape)
+        keep = checkpoint_name(keep, "dropout_mask")
+        return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
+
+
 class Embeddings(nn.Module):
     cfg: EncoderConfig
     dtype: Any = jnp.float32
@@ -188,7 +231,7 @@ class Embeddings(nn.Module):
                                               param_dtype=jnp.float32,
                                               embedding_init=_init((None, "embed")))
         self.LayerNorm = layer_norm(c, self.dtype, "LayerNorm")
-        self.dropout = nn.Dropout(c.hidden_dropout)
+        self.dropout = Dropout(c.hidden_dropout)
 
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
         positions = jnp.arange(input_ids.shape[-1])[None, :]
@@ -238,11 +281,11 @@ class SelfAttention(nn.Module):
             ctx = jax.nn.dot_product_attention(q, k, v, bias=bias)
         else:
             # Training: dropout acts on the probabilities, which dot_product_attention never exposes.
-            dropout = nn.Dropout(c.attention_dropout)
+            dropout = Dropout(c.attention_dropout)
             ctx = explicit_attention(q, k, v, bias, lambda p: dropout(p, deterministic=False))
         ctx = ctx.reshape(x.shape)
         out = dense(c.hidden_size, ("heads", "embed"), self.dtype, "output_dense")(ctx)
-        out = nn.Dropout(c.hidden_dropout)(out, deterministic=deterministic)
+        out = Dropout(c.hidden_dropout)(out, deterministic=deterministic)
         return layer_norm(c, self.dtype, "output_LayerNorm")(out + x)
 
 
@@ -257,7 +300,7 @@ class Layer(nn.Module):
         h = dense(c.intermediate_size, ("embed", "mlp"), self.dtype, "intermediate")(x)
         h = ACTIVATIONS[c.hidden_act](h)
         h = dense(c.hidden_size, ("mlp", "embed"), self.dtype, "output_dense")(h)
-        h = nn.Dropout(c.hidden_dropout)(h, deterministic=deterministic)
+        h = Dropout(c.hidden_dropout)(h, deterministic=deterministic)
         return layer_norm(c, self.dtype, "output_LayerNorm")(h + x)
 
 
@@ -268,16 +311,18 @@ class Encoder(nn.Module):
       cfg: geometry.
       dtype: compute dtype (``jnp.bfloat16`` computes in bf16 over float32 parameters; softmax and LayerNorm
         statistics stay in float32).
-      remat: rematerialise each layer in the backward pass (less memory, ~30% more compute).
+      remat: rematerialise each layer in the backward pass: a :data:`REMAT_POLICIES` name ("full", "dots",
+        "dots_masks"), True (= "full") or False / "" (keep every activation).
     """
 
     cfg: EncoderConfig
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
 
     def setup(self):
         self.embeddings = Embeddings(self.cfg, self.dtype)
-        layer_cls = nn.remat(Layer, static_argnums=(3,)) if self.remat else Layer
+        mode = remat_mode(self.remat)
+        layer_cls = nn.remat(Layer, static_argnums=(3,), policy=REMAT_POLICIES[mode]) if mode else Layer
         self.layers = [layer_cls(self.cfg, self.dtype, name=f"layer_{i}") for i in range(self.cfg.num_layers)]
 
     def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array | None = None,

@@ -98,7 +98,7 @@ def starting_weights(m: ModelConfig, data_cfg, seed: int, directory_options: boo
     options = kinds.get(m.kind).model_options(m, data_cfg)
     if not m.checkpoint:
         enc = encoder_config(m)
-        return build_model(m.kind, enc, dtype=dtype, remat=m.remat, **options), enc, None
+        return build_model(m.kind, enc, dtype=dtype, remat=m.encoder_remat, **options), enc, None
     if os.path.isdir(os.path.join(m.checkpoint, "checkpoints")):
         params, step, saved = restore_params(m.checkpoint)
         if saved.students:
@@ -110,11 +110,11 @@ def starting_weights(m: ModelConfig, data_cfg, seed: int, directory_options: boo
         enc = (EncoderConfig.from_pretrained_dir(transformer_dir(resolve_checkpoint_dir(saved.model.checkpoint)))
                if saved.model.checkpoint else encoder_config(saved.model))  # the geometry it was trained with
         enc, params = _initial_layers(m, enc, params)
-        model = build_model(m.kind, enc, dtype=dtype, remat=m.remat,
+        model = build_model(m.kind, enc, dtype=dtype, remat=m.encoder_remat,
                             **kinds.get(m.kind).model_options(saved.model, data_cfg))
         log.info("weights of %s: %s step %d", m.kind, m.checkpoint, step)
         return model, enc, params
-    model, params = load_pretrained(m.kind, m.checkpoint, dtype=dtype, remat=m.remat, seed=seed,
+    model, params = load_pretrained(m.kind, m.checkpoint, dtype=dtype, remat=m.encoder_remat, seed=seed,
                                     allow_pickle=m.allow_pickle, fresh_head=(m.splade_head_z, m.splade_head_scale),
                                     **({} if directory_options else options))
     enc, params = _initial_layers(m, model.cfg, jax.device_get(params))
@@ -139,7 +139,7 @@ def make_model(cfg: TrainConfig) -> tuple[nn.Module, EncoderConfig, dict | None]
     teacher, enc, params = teacher_weights(cfg)
     enc = dataclasses.replace(enc, hidden_dropout=m.dropout, attention_dropout=m.dropout)
     enc, params = _initial_layers(m, enc, params)
-    return teacher.clone(cfg=enc, dtype=compute_dtype(m), remat=m.remat), enc, params
+    return teacher.clone(cfg=enc, dtype=compute_dtype(m), remat=m.encoder_remat), enc, params
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,13 +215,15 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
 INIT_LENGTH = 8  # token length of the shape-only batch parameters are initialised from (any length gives them)
 
 
-def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh, seed: int = 0):
+def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh, seed: int = 0,
+                    prng_impl: str = "threefry2x32"):
     """(abstract state, state shardings): ``eval_shape`` of a boxed init, logical names -> mesh axes."""
 
     def boxed_init(rng):
         params = model.init(rng, dummy_batch(INIT_LENGTH, 1))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=jnp.zeros((2,), jnp.uint32), skipped=jnp.zeros((), jnp.int32))
+                          rng=jax.random.key_data(jax.random.key(0, impl=prng_impl)),
+                          skipped=jnp.zeros((), jnp.int32))
 
     boxed = jax.eval_shape(boxed_init, jax.random.key(seed))
     specs = nn.get_partition_spec(boxed)
@@ -232,13 +234,17 @@ def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh, se
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, mesh, seed: int,
-                 pretrained: dict | None = None) -> tuple[TrainState, TrainState]:
+                 pretrained: dict | None = None, prng_impl: str = "threefry2x32") -> tuple[TrainState, TrainState]:
     """A fresh train state allocated with its shardings (parameters replaced by ``pretrained`` if given).
+
+    Args:
+      prng_impl: the dropout keys' PRNG (``TrainConfig.dropout_prng``); initialisation always uses threefry, so
+        the parameters do not depend on it.
 
     Returns:
       (state, shardings): shardings is a TrainState-shaped tree of ``NamedSharding``.
     """
-    abstract, shardings = state_shardings(model, tx, mesh, seed)
+    abstract, shardings = state_shardings(model, tx, mesh, seed, prng_impl)
     key = jax.random.key(seed)
     init_key, dropout_key = jax.random.split(key)
 
@@ -246,7 +252,7 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, mesh, seed:
         if params is None:
             params = nn.unbox(model.init(rng, dummy_batch(INIT_LENGTH, 1))["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=jax.random.key_data(dropout_rng), skipped=jnp.zeros((), jnp.int32))
+                          rng=dropout_key_data(dropout_rng, prng_impl), skipped=jnp.zeros((), jnp.int32))
 
     if pretrained is None:
         state = jax.jit(init, out_shardings=shardings)(init_key, dropout_key)
@@ -255,6 +261,15 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, mesh, seed:
         params = jax.device_put(jax.tree.map(np.asarray, pretrained), shardings.params)
         state = jax.jit(init, out_shardings=shardings)(init_key, dropout_key, params)
     return state, shardings
+
+
+def dropout_key_data(key: jax.Array, prng_impl: str) -> jax.Array:
+    """The raw data of the dropout key kept in the state: ``key``'s own (threefry), or as many of its random bits
+    as a key of ``prng_impl`` holds (rbg: 4 words)."""
+    if prng_impl == "threefry2x32":
+        return jax.random.key_data(key)
+    shape = jax.random.key_data(jax.random.key(0, impl=prng_impl)).shape
+    return jax.random.bits(key, shape, jnp.uint32)
 
 
 def _check_same_tree(abstract: Any, params: Any) -> None:
@@ -300,7 +315,7 @@ def create_students(cfg: TrainConfig, mesh) -> Students:
     for name, sub in cfg.student_configs():
         model, enc, pretrained = make_model(sub)
         tx = make_optimizer(sub.optim, cfg.steps)
-        state, shardings = create_state(model, tx, mesh, cfg.seed, pretrained)
+        state, shardings = create_state(model, tx, mesh, cfg.seed, pretrained, cfg.dropout_prng)
         built[name] = (model, tx, learning_rate_schedule(sub.optim, cfg.steps), state, shardings, enc.vocab_size)
     if not cfg.students:
         return Students(*built[""])

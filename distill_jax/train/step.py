@@ -150,7 +150,7 @@ def student_step_fn(model, cfg: TrainConfig, tx: optax.GradientTransformation,
         return means["loss"], means, s, scores, jax.tree.map(lambda a: a / w, g)
 
     def train_step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, Array]]:
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=cfg.dropout_prng), state.step)
         loss, means, sums, scores, grads = gradients(state.params, batch, key, state.step)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -246,7 +246,7 @@ def joint_student_step_fn(models: dict, cfg: TrainConfig, txs: dict, schedules: 
     grad_fn = jax.value_and_grad(joint_loss, has_aux=True)
 
     def train_step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, Array]]:
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=cfg.dropout_prng), state.step)
         (total, aux), grads = grad_fn(state.params, batch, key, state.step)
         norms = {n: optax.tree.norm(grads[n]) for n in order}
         grad_norm = jnp.sqrt(sum(v ** 2 for v in norms.values()))
