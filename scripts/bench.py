@@ -237,14 +237,16 @@ def ours_train(spec: dict[str, Any], work: str, warmup: int, steps: int) -> dict
     cfg = TrainConfig(
         name=f"bench_{kind}", steps=1000,
         model=ModelConfig(kind=kind, checkpoint=os.path.join(work, f"minilm-dropout{spec['dropout']}"),
-                          dropout=spec["dropout"]),
-        loss=loss, optim=OptimConfig(learning_rate=1e-5, warmup_steps=10),
+                          dropout=spec["dropout"], remat=bool(spec.get("remat")),
+                          remat_policy=spec.get("remat") or "full"),
+        dropout_prng=spec.get("dropout_prng", "threefry2x32"),
+        loss=loss, optim=OptimConfig(learning_rate=1e-5, warmup_steps=10, grad_accum=spec.get("grad_accum", 1)),
         data=DataConfig(source="synthetic", batch_size=spec["batch"], n_candidates=spec["n"],
                         query_maxlen=spec["lq"], doc_maxlen=spec["ld"]))
     mesh = distributed.make_mesh()
     model, _, pretrained = state_lib.make_model(cfg)
     tx = state_lib.make_optimizer(cfg.optim, cfg.steps)
-    state, shardings = state_lib.create_state(model, tx, mesh, 0, pretrained)
+    state, shardings = state_lib.create_state(model, tx, mesh, 0, pretrained, cfg.dropout_prng)
     del pretrained
     step = compile_train_step(model, cfg, tx, mesh, shardings)
     batches = [distributed.global_batch(b, mesh) for b in load_batches(work, spec)]
@@ -688,6 +690,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer-threads", type=int, default=0,
                    help="torch.set_num_threads in the peer processes (0: torch's default, the cores)")
     p.add_argument("--timeout", type=float, default=7200, help="seconds per child process")
+    p.add_argument("--remat", default="", choices=["", "full", "dots", "dots_masks"],
+                   help="our train lines with this remat policy (ModelConfig.remat_policy; '' = no remat)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="our train lines in this many micro-batches (OptimConfig.grad_accum: the same update, "
+                        "activation memory / k)")
+    p.add_argument("--dropout-prng", default="threefry2x32", choices=["threefry2x32", "rbg", "unsafe_rbg"],
+                   help="our train lines' dropout PRNG (TrainConfig.dropout_prng)")
     p.add_argument("--list", action="store_true", help="print the line names and exit")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -708,6 +717,9 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     specs = [line_spec(n, a.quick) for n in names]
+    for spec in specs:
+        if spec["family"] == "train":
+            spec.update(remat=a.remat, dropout_prng=a.dropout_prng, grad_accum=a.grad_accum)
     results: dict[str, Any] = {
         "command": " ".join(["python", os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
