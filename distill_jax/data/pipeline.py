@@ -143,6 +143,12 @@ def combine_teachers(scores: np.ndarray, how: str, column: int = 0) -> np.ndarra
     return s.mean(axis=1)
 
 
+def positives_and_ranked_negatives(labels: np.ndarray, teacher: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positive positions, negative positions hardest first by teacher score; ties keep record order)."""
+    neg = np.nonzero(labels <= 0)[0]
+    return np.nonzero(labels > 0)[0], neg[np.argsort(-teacher[neg], kind="stable")]
+
+
 def sample_candidates(labels: np.ndarray, teacher: np.ndarray, n: int, sampling: str, top_k: int | None,
                       rng: np.random.Generator | None) -> np.ndarray:
     """Chooses the candidates of one example: the positive first, then up to n-1 negatives.
@@ -153,9 +159,7 @@ def sample_candidates(labels: np.ndarray, teacher: np.ndarray, n: int, sampling:
     Returns:
       int64 [<= n] positions into the record's candidates.
     """
-    pos = np.nonzero(labels > 0)[0]
-    neg = np.nonzero(labels <= 0)[0]
-    neg = neg[np.argsort(-teacher[neg], kind="stable")]  # hardest first; ties keep record order
+    pos, neg = positives_and_ranked_negatives(labels, teacher)
     if sampling == "hardest":
         first = pos[np.argmax(teacher[pos])]
         chosen = neg[: n - 1]
@@ -281,9 +285,8 @@ class TrainLoader:
             if cfg.sampling == "hardest":
                 reach = sample_candidates(rec["labels"], teacher, cfg.num_candidates, "hardest", None, None)
             else:
-                neg = np.nonzero(rec["labels"] <= 0)[0]
-                pool = neg[np.argsort(-teacher[neg], kind="stable")][:cfg.top_k]
-                reach = np.concatenate([np.nonzero(rec["labels"] > 0)[0], pool])
+                pos, neg = positives_and_ranked_negatives(rec["labels"], teacher)
+                reach = np.concatenate([pos, neg[:cfg.top_k]])
             d_len = np.asarray(self.doc_tokens.lengths)[self.corpus.rows([rec["pids"][j] for j in reach])]
             q_len = np.full(len(reach), np.asarray(self.query_tokens.lengths)[self.queries.rows([rec["qid"]])[0]])
             for group, lengths in self.spec.group_lengths(q_len, d_len).items():
