@@ -244,8 +244,8 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_score_equals_one_process(tmp_path, teacher):
-    """2 processes x 2 devices through jax.distributed (the variables `train` reads): each shard written once,
-    the metadata by process 0 after a barrier, every file byte-identical to 1 process x 2 devices."""
+    """2 processes x 4 devices through jax.distributed (the variables `train` reads): each shard written once,
+    the metadata by process 0 after a barrier, every file byte-identical to 1 process x 8 devices."""
     col = tmp_path / "col"
     _collection(col)
     def cmd(out):
@@ -253,12 +253,12 @@ def test_two_processes_score_equals_one_process(tmp_path, teacher):
                 "--candidates", str(col / "cands.jsonl"), "--out", str(out), "--num-shards", "3", "--max-length",
                 "64", "--buckets", "32,64", "--batch-size", "16"]
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run(cmd(tmp_path / "one"), env=env, check=True, capture_output=True, timeout=600)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run(cmd(tmp_path / "one"), env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                   check=True, capture_output=True, timeout=600)
     port = _free_port()
     procs = [subprocess.Popen(cmd(tmp_path / "two"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(env, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                              env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                                        JAX_PROCESS_ID=str(i), JAX_INIT_TIMEOUT_S="600")) for i in range(2)]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs

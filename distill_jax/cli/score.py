@@ -26,7 +26,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num-shards", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--buckets", default="", help="comma-separated padded lengths (default 64,128,192,MAX)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="pairs per step across every device of the job (all hosts)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--max-candidates", type=int, default=0)
     p.add_argument("--bad-records", default="raise", choices=("raise", "skip"),

@@ -57,7 +57,7 @@ class ScoreConfig:
       num_shards: work units = output shards (more shards: finer resumption).
       max_length: tokens per pair (query + passage, ``longest_first`` truncation).
       buckets: padded lengths (ascending, the last = max_length); pairs go to the smallest that fits.
-      batch_size: pairs per step (a multiple of the local device count).
+      batch_size: pairs per step across every device of the job (see :class:`distill_jax.teacher.scorer.PairScorer`).
       dtype: compute dtype ("float32" or "bfloat16").
       max_candidates: keep at most this many negatives per query (0 = all).
       bad_records: a bad candidate list or scored record: "raise" (stop, naming it) or "skip" (drop, count).
