@@ -124,7 +124,7 @@ class ScoreSpec:
     Attributes:
       max_candidates: negatives scored per query (0 = all mined).
       num_shards: work units (a kill loses at most the shard in progress).
-      batch_size: pairs per device call (a multiple of the local device count).
+      batch_size: pairs per scoring step across every device of the job.
       dtype: "float32" or "bfloat16".
       lexical: also write a BM25 column (each pair's BM25 score, ``--teacher bm25``) beside the cross-encoder's:
         the students' teacher is then the ensemble ``training.teacher_combine`` makes of the two, and the table
