@@ -97,19 +97,24 @@ def test_scifact_job_twins_differ_from_their_students_only_by_the_teacher_term()
     cfg = job.load_run_config(os.path.join(ROOT, "configs", "scifact.py"))
     by_name = {s.name: s for s in cfg.students}
     twins = [s for s in cfg.students if s.twin_of]
-    assert {t.twin_of for t in twins} == set(by_name) - {t.name for t in twins} and len(twins) == 3
-    for twin in twins:
-        d = job.student_train_config(cfg, by_name[twin.twin_of])
+    assert {t.twin_of for t in twins} == {"colbert_distilled", "splade_distilled", "dense_distilled"}
+    # every other student is a distilled one; the *_t4 variants are compared with their kind's twin
+    pairs = [(by_name[t.twin_of], t) for t in twins] + [(s, by_name[s.name[:-3].replace("_distilled", "_infonce")])
+                                                          for s in cfg.students if s.name.endswith("_t4")]
+    assert len(pairs) == len(cfg.students) - len(twins) == 5
+    for student, twin in pairs:
+        d = job.student_train_config(cfg, student)
         t = job.student_train_config(cfg, twin)
         assert [o.name for o in d.loss.terms()] == ["infonce", "kl"] and [o.name for o in t.loss.terms()] == ["infonce"]
         kl = d.loss.terms()[1]
-        # the student's side of the KL is at its InfoNCE temperature; the teacher's is the ensemble's
-        assert kl.hp["temperature"] == d.loss.hp["temperature"] and kl.hp["teacher_temperature"] == 0.75
+        # the student's side of the KL is at its InfoNCE temperature (x 4 for *_t4); the teacher's is the ensemble's
+        scale = 4.0 if student.name.endswith("_t4") else 1.0
+        assert kl.hp["temperature"] == scale * d.loss.hp["temperature"] and kl.hp["teacher_temperature"] == 0.75
         # the teacher is the cross-encoder + BM25 ensemble for both (its order picks the random negatives)
         assert d.data.teacher_combine == t.data.teacher_combine == "zmean" and cfg.score.lexical
         assert dataclasses.replace(d.loss, objectives=()) == t.loss
         for field in ("model", "data", "optim", "steps", "seed"):
-            assert getattr(d, field) == getattr(t, field), (twin.name, field)
+            assert getattr(d, field) == getattr(t, field), (student.name, field)
 
 
 def test_workdir_refuses_another_config(tmp_path):
