@@ -99,9 +99,11 @@ def test_scifact_job_twins_differ_from_their_students_only_by_the_teacher_term()
     twins = [s for s in cfg.students if s.twin_of]
     assert {t.twin_of for t in twins} == {"colbert_distilled", "splade_distilled", "dense_distilled"}
     # every other student is a distilled one; the *_t4 variants are compared with their kind's twin
-    pairs = [(by_name[t.twin_of], t) for t in twins] + [(s, by_name[s.name[:-3].replace("_distilled", "_infonce")])
-                                                          for s in cfg.students if s.name.endswith("_t4")]
-    assert len(pairs) == len(cfg.students) - len(twins) == 5
+    pairs = [(s, job.twin_for(cfg, s)) for s in cfg.students if not s.twin_of]
+    assert [(s.name, t.name) for s, t in pairs] == [
+        ("colbert_distilled", "colbert_infonce"), ("colbert_distilled_t4", "colbert_infonce"),
+        ("splade_distilled", "splade_infonce"), ("dense_distilled", "dense_infonce"),
+        ("dense_distilled_t4", "dense_infonce")]
     for student, twin in pairs:
         d = job.student_train_config(cfg, student)
         t = job.student_train_config(cfg, twin)

@@ -146,7 +146,8 @@ class StudentSpec:
       name: its directory (``students/<name>``) and row in the table.
       recipe: a student config file (``configs/*.py``); a relative path is looked up in ``RunConfig.recipes_dir``.
       twin_of: for a no-distillation baseline, the distilled student it mirrors (same kind, start, negatives,
-        steps); "" for a distilled student.
+        steps); "" for a distilled student. A distilled student no twin names (a variant: another loss setting
+        on the same recipe) is compared with the twin of the distilled student that shares its recipe.
       overrides: ``--set`` style ``KEY=VALUE`` changes applied after the job's shared settings (``training``).
     """
 
@@ -813,6 +814,16 @@ def stage_evaluate(cfg: RunConfig) -> dict:
     return {"results": os.path.join(cfg.workdir, "results.json"), "table": text}
 
 
+def twin_for(cfg: RunConfig, student: StudentSpec) -> StudentSpec | None:
+    """The no-distillation twin a distilled student is compared with: the one whose ``twin_of`` names it, else
+    the twin of a distilled student with the same recipe (a variant of a distilled student shares its twin);
+    None when there is neither."""
+    by_name = {s.name: s for s in cfg.students}
+    twins = [t for t in cfg.students if t.twin_of]
+    own = next((t for t in twins if t.twin_of == student.name), None)
+    return own or next((t for t in twins if by_name[t.twin_of].recipe == student.recipe), None)
+
+
 def comparisons(cfg: RunConfig, results: dict) -> list[str]:
     """Plain sentences: each distilled student against BM25 and against its no-distillation twin (nDCG@10)."""
     m = cfg.eval.measures[0]
@@ -824,7 +835,7 @@ def comparisons(cfg: RunConfig, results: dict) -> list[str]:
             continue
         v = results[labels[s.name]][m]
         line = f"{s.name}: {m} {v:.4f}, {v - bm25:+.4f} vs BM25"
-        twin = next((t for t in cfg.students if t.twin_of == s.name), None)
+        twin = twin_for(cfg, s)
         if twin is not None:
             line += f", {v - results[labels[twin.name]][m]:+.4f} vs {twin.name} (no distillation)"
         lines.append(line)
