@@ -56,11 +56,11 @@ class PairScorer:
     Args:
       model: a ``CrossEncoder`` module.
       params: its parameters (placed replicated on the mesh once).
-      batch_size: pairs per step across every device of the job (``jax.device_count()``, all hosts). Each
-        device scores ``ceil(batch_size / jax.device_count())`` rows per step, so a host's step is that times its
-        own device count: every device sees the same [rows, bucket] shape and the same consecutive rows whatever
-        the split into hosts, and scores are bitwise equal for 1 x 8 and 2 x 4 devices (XLA:CPU's results for a
-        row depend on the per-device batch shape).
+      batch_size: pairs per step across the job: the mesh's devices on every host (``mesh.devices.size x
+        jax.process_count()``; one process: the mesh). Each device scores ``ceil(batch_size / that)`` rows per
+        step, so a host's step is that times its mesh size: every device sees the same [rows, bucket] shape and
+        the same consecutive rows whatever the split into hosts, and scores are bitwise equal for 1 x 8 and 2 x 4
+        devices (XLA:CPU's float32 result for a row depends on the per-device batch shape).
       buckets: padded lengths, ascending; the last must be the tokenisation length.
       mesh: defaults to :func:`distill_jax.distributed.local_mesh` (this host's devices).
     """
@@ -68,7 +68,8 @@ class PairScorer:
     def __init__(self, model, params, batch_size: int = 64, buckets: tuple[int, ...] = (64, 128, 192, 256),
                  mesh: Mesh | None = None):
         self.mesh = mesh or local_mesh()
-        self.batch_size = -(-batch_size // jax.device_count()) * self.mesh.devices.size
+        n = self.mesh.devices.size
+        self.batch_size = -(-batch_size // (n * jax.process_count())) * n
         self.buckets = tuple(sorted(buckets))
         self.params = None if params is None else jax.device_put(params, NamedSharding(self.mesh, P()))
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
