@@ -258,7 +258,8 @@ def test_two_processes_score_equals_one_process(tmp_path, teacher):
                    check=True, capture_output=True, timeout=600)
     port = _free_port()
     procs = [subprocess.Popen(cmd(tmp_path / "two"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                              env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                                       JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                                        JAX_PROCESS_ID=str(i), JAX_INIT_TIMEOUT_S="600")) for i in range(2)]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs

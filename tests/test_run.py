@@ -95,7 +95,6 @@ def test_job_config_loads_without_jax_and_builds_student_configs(tmp_path):
 
 def test_scifact_job_twins_differ_from_their_students_only_by_the_teacher_term():
     cfg = job.load_run_config(os.path.join(ROOT, "configs", "scifact.py"))
-    by_name = {s.name: s for s in cfg.students}
     twins = [s for s in cfg.students if s.twin_of]
     assert {t.twin_of for t in twins} == {"colbert_distilled", "splade_distilled", "dense_distilled"}
     # every other student is a distilled one; the *_t4 variants are compared with their kind's twin
