@@ -224,3 +224,38 @@ def test_check_mse_targets_warns_on_targets_splade_cannot_reach(caplog):
         assert check_mse_targets(load_config("configs/splade_margin_mse.py:tiny", []), batch) == 0.0
         assert check_mse_targets(load_config("configs/colbert_margin_mse.py:tiny", ["loss.name=mse"]), batch) == 0.0
     assert caplog.text == ""
+
+
+def test_start_end_follows_losses_agreement_and_validation_only():
+    from distill_jax.train.metrics import format_start_end, start_end
+
+    rows = [{"step": 10, "loss": 9.0, "loss_mean": 2.0, "loss_kl": 0.5, "spearman": 0.25, "grad_norm": 3.0,
+             "learning_rate": 1e-4, "examples_per_s": 5.0, "nonfinite": 0.0, "colbert/spearman": 0.1},
+            {"step": 20, "val/ndcg@10": 0.3},
+            {"step": 20, "loss": 1.0, "loss_mean": 1.5, "loss_kl": 0.75, "spearman": 0.5, "grad_norm": 1.0,
+             "learning_rate": 5e-5, "examples_per_s": 6.0, "nonfinite": 0.0, "colbert/spearman": 0.4},
+            {"step": 30, "val/ndcg@10": 0.45}]
+    changes = start_end(rows)
+    assert changes == {"loss_mean": (10, 2.0, 20, 1.5), "loss_kl": (10, 0.5, 20, 0.75),
+                       "spearman": (10, 0.25, 20, 0.5), "colbert/spearman": (10, 0.1, 20, 0.4),
+                       "val/ndcg@10": (20, 0.3, 30, 0.45)}
+    lines = format_start_end(changes)
+    assert lines[0] == "colbert/spearman  0.1000 (step 10) -> 0.4000 (step 20)  +0.3000"
+    assert "loss_mean         2.0000 (step 10) -> 1.5000 (step 20)  -0.5000" in lines
+    assert start_end([]) == {} and format_start_end({}) == []
+
+
+def test_cli_train_prints_start_to_end_of_its_metrics(capsys, tmp_path):
+    assert cli_main(["train", "configs/tiny.py:colbert", "--set", f"workdir={tmp_path}", "steps=20",
+                     "log_every=5", "model.num_layers=1", "checkpoint.every_steps=0", "progress=false"]) == 0
+    out = capsys.readouterr().out
+    rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    summary = out[out.index("start -> end"):].splitlines()[1:]
+    printed = {line.split()[0]: line.split() for line in summary}
+    assert set(printed) == {"loss_mean", "loss_main", "spearman"}
+    for key, fields in printed.items():  # name, start, (step, 5), ->, end, (step, 20), change
+        assert float(fields[1]) == pytest.approx(rows[0][key], abs=1e-4)
+        assert float(fields[5]) == pytest.approx(rows[-1][key], abs=1e-4)
+        assert fields[3] == "5)" and fields[7] == "20)"
+    assert float(printed["loss_mean"][5]) < float(printed["loss_mean"][1])  # the tiny run learns

@@ -36,4 +36,20 @@ def main(argv: list[str]) -> int:
     result = trainer.train(cfg, validator=validator)
     if result["last_metrics"]:
         print(json.dumps({"step": cfg.steps, **result["last_metrics"]}))
+        import jax
+
+        if jax.process_index() == 0:
+            print_start_end(cfg.workdir)
     return 0
+
+
+def print_start_end(workdir: str) -> None:
+    """Prints what the run's logged quantities did from its first window to its last (``metrics.jsonl``)."""
+    import os
+
+    from distill_jax.train.metrics import format_start_end, read_jsonl, start_end
+
+    path = os.path.join(workdir, "metrics.jsonl")
+    print(f"start -> end ({path}; window means):")
+    for line in format_start_end(start_end(read_jsonl(path))):
+        print("  " + line)

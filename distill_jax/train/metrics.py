@@ -115,6 +115,41 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     return rows
 
 
+# Logged per step but not a quantity a run is judged by (rates, schedule, counters, the single step's loss).
+NOT_FOLLOWED = frozenset({"step", "loss", "grad_norm", "learning_rate", "nonfinite", "skipped", "examples_per_s",
+                          "tokens_per_s"})
+
+
+def start_end(rows: list[dict[str, Any]]) -> dict[str, tuple[int, float, int, float]]:
+    """What a run's metrics did from its first logged window to its last.
+
+    Args:
+      rows: the rows of a ``metrics.jsonl`` (:func:`read_jsonl`), in step order.
+
+    Returns:
+      ``{name: (first step, value, last step, value)}`` for every numeric quantity a run is judged by: the
+      window-mean loss (``loss_mean``) and its terms (``loss_*``), rank agreement with the teacher (``spearman``,
+      ``<student>/spearman``) and validation metrics (``val/*``); rates, counters and the schedule are left out.
+      A quantity logged once has equal start and end.
+    """
+    out: dict[str, tuple[int, float, int, float]] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k in NOT_FOLLOWED or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            step = int(row["step"])
+            first = out.get(k, (step, float(v)))[:2]
+            out[k] = (*first, step, float(v))
+    return out
+
+
+def format_start_end(changes: dict[str, tuple[int, float, int, float]]) -> list[str]:
+    """One line per quantity of :func:`start_end`: ``name  start (step a) -> end (step b)  change``."""
+    width = max((len(k) for k in changes), default=0)
+    return [f"{k:<{width}}  {a:.4f} (step {sa}) -> {b:.4f} (step {sb})  {b - a:+.4f}"
+            for k, (sa, a, sb, b) in sorted(changes.items())]
+
+
 def _average_ranks(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """0-based ranks of ``x`` [B, N] among the valid entries of each row, ties sharing their average rank."""
     xi, xj = x[:, :, None], x[:, None, :]
