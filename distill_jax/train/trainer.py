@@ -178,8 +178,9 @@ def train(cfg: TrainConfig, mesh=None, validator: Callable | None = None) -> dic
                 consume(*pending)
             pending = (step, metrics, batch)
             bar.update(1)
-            if step % cfg.log_every == 0 and last:
-                bar.set_postfix(loss=f"{last['loss']:.4f}", rho=f"{last.get('spearman', 0):.3f}")
+            if step % cfg.log_every == 0 and last:  # rank agreement: "spearman", or each "<student>/spearman"
+                bar.set_postfix(loss=f"{last['loss']:.4f}", **{
+                    k.replace("spearman", "rho"): f"{v:.3f}" for k, v in last.items() if k.endswith("spearman")})
             evaluate_now = validate_params is not None and (step % cfg.eval.every_steps == 0 or step == cfg.steps)
             save_now = (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0) or step == cfg.steps
             if evaluate_now or save_now:
