@@ -230,18 +230,21 @@ def test_start_end_follows_losses_agreement_and_validation_only():
     from distill_jax.train.metrics import format_start_end, start_end
 
     rows = [{"step": 10, "loss": 9.0, "loss_mean": 2.0, "loss_kl": 0.5, "spearman": 0.25, "grad_norm": 3.0,
-             "learning_rate": 1e-4, "examples_per_s": 5.0, "nonfinite": 0.0, "colbert/spearman": 0.1},
+             "learning_rate": 1e-4, "examples_per_s": 5.0, "nonfinite": 0.0, "colbert/spearman": 0.1,
+             "colbert/loss": 3.0, "colbert/grad_norm": 9.0, "colbert/tokens": 99.0, "splade/lambda_doc": 0.1},
             {"step": 20, "val/ndcg@10": 0.3},
             {"step": 20, "loss": 1.0, "loss_mean": 1.5, "loss_kl": 0.75, "spearman": 0.5, "grad_norm": 1.0,
-             "learning_rate": 5e-5, "examples_per_s": 6.0, "nonfinite": 0.0, "colbert/spearman": 0.4},
+             "learning_rate": 5e-5, "examples_per_s": 6.0, "nonfinite": 0.0, "colbert/spearman": 0.4,
+             "colbert/loss": 2.0, "colbert/grad_norm": 8.0, "colbert/tokens": 98.0, "splade/lambda_doc": 0.2},
             {"step": 30, "val/ndcg@10": 0.45}]
     changes = start_end(rows)
     assert changes == {"loss_mean": (10, 2.0, 20, 1.5), "loss_kl": (10, 0.5, 20, 0.75),
                        "spearman": (10, 0.25, 20, 0.5), "colbert/spearman": (10, 0.1, 20, 0.4),
+                       "colbert/loss": (10, 3.0, 20, 2.0),
                        "val/ndcg@10": (20, 0.3, 30, 0.45)}
     lines = format_start_end(changes)
-    assert lines[0] == "colbert/spearman  0.1000 (step 10) -> 0.4000 (step 20)  +0.3000"
-    assert "loss_mean         2.0000 (step 10) -> 1.5000 (step 20)  -0.5000" in lines
+    assert lines[0] == "colbert/loss          3.0000 (step 10) ->     2.0000 (step 20)  -1.0000"
+    assert "loss_mean             2.0000 (step 10) ->     1.5000 (step 20)  -0.5000" in lines
     assert start_end([]) == {} and format_start_end({}) == []
 
 

@@ -115,9 +115,16 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     return rows
 
 
-# Logged per step but not a quantity a run is judged by (rates, schedule, counters, the single step's loss).
+# Logged per step but not a quantity a run is judged by (rates, schedules, counters, the single step's loss).
+# A student of several logs its own under "<student>/": there "loss" is the window mean, so it is followed.
 NOT_FOLLOWED = frozenset({"step", "loss", "grad_norm", "learning_rate", "nonfinite", "skipped", "examples_per_s",
-                          "tokens_per_s"})
+                          "tokens_per_s", "examples", "tokens", "lambda_query", "lambda_doc"})
+
+
+def followed(name: str) -> bool:
+    """Whether :func:`start_end` follows the logged quantity ``name``."""
+    base = name.rsplit("/", 1)[-1]
+    return name not in NOT_FOLLOWED and (base == "loss" or base not in NOT_FOLLOWED)
 
 
 def start_end(rows: list[dict[str, Any]]) -> dict[str, tuple[int, float, int, float]]:
@@ -129,13 +136,14 @@ def start_end(rows: list[dict[str, Any]]) -> dict[str, tuple[int, float, int, fl
     Returns:
       ``{name: (first step, value, last step, value)}`` for every numeric quantity a run is judged by: the
       window-mean loss (``loss_mean``) and its terms (``loss_*``), rank agreement with the teacher (``spearman``,
-      ``<student>/spearman``) and validation metrics (``val/*``); rates, counters and the schedule are left out.
+      ``<student>/spearman``), a student's own loss and terms (``<student>/loss*``) and validation metrics
+      (``val/*``); rates, counters, gradient norms and schedules are left out.
       A quantity logged once has equal start and end.
     """
     out: dict[str, tuple[int, float, int, float]] = {}
     for row in rows:
         for k, v in row.items():
-            if k in NOT_FOLLOWED or not isinstance(v, (int, float)) or isinstance(v, bool):
+            if not followed(k) or not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
             step = int(row["step"])
             first = out.get(k, (step, float(v)))[:2]
@@ -146,7 +154,7 @@ def start_end(rows: list[dict[str, Any]]) -> dict[str, tuple[int, float, int, fl
 def format_start_end(changes: dict[str, tuple[int, float, int, float]]) -> list[str]:
     """One line per quantity of :func:`start_end`: ``name  start (step a) -> end (step b)  change``."""
     width = max((len(k) for k in changes), default=0)
-    return [f"{k:<{width}}  {a:.4f} (step {sa}) -> {b:.4f} (step {sb})  {b - a:+.4f}"
+    return [f"{k:<{width}}  {a:10.4f} (step {sa}) -> {b:10.4f} (step {sb})  {b - a:+.4f}"
             for k, (sa, a, sb, b) in sorted(changes.items())]
 
 
