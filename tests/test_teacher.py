@@ -138,6 +138,7 @@ def test_lexical_column_beside_the_cross_encoder_and_its_ensemble(tmp_path, tiny
     from distill_jax.data.collections import load_collection
     from distill_jax.data.negatives import bm25_search
     from distill_jax.data.pipeline import combine_teachers
+    from distill_jax.data.candidates import as_scores
     from distill_jax.jobs.run import ensemble_rerank
     from distill_jax.teacher.answer_key import BM25_TEACHER, ScoreConfig, run_score
 
@@ -160,7 +161,7 @@ def test_lexical_column_beside_the_cross_encoder_and_its_ensemble(tmp_path, tiny
     # the ensemble reranker: BM25's top 3 reordered by the z-mean of (teacher, BM25), the rest below in BM25 order
     first = {q: r[:5] for q, r in full.items() if len(r) >= 5}
     teacher = {q: [(d, float(len(d) % 3)) for d, _ in r] for q, r in first.items()}
-    out = ensemble_rerank(first, teacher, depth=5, rerank_depth=3, how="zmean")
+    out = ensemble_rerank(first, [as_scores(teacher), as_scores(first)], depth=5, rerank_depth=3, how="zmean")
     for q, r in first.items():
         cols = np.array([[float(len(d) % 3), s] for d, s in r[:3]])
         want = [r[i][0] for i in np.argsort(-combine_teachers(cols, "zmean"), kind="stable")]

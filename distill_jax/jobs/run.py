@@ -703,25 +703,26 @@ def rerank_on_top(first, reranked, depth: int):
     return out
 
 
-def ensemble_rerank(first, teacher, depth: int, rerank_depth: int, how: str):
-    """The students' ensemble teacher as a reranker: each query's top ``rerank_depth`` of ``first`` (BM25)
-    scored by ``combine_teachers`` of (the teacher's score, BM25's score), as the loader combines the answer
-    key's two columns; ``first``'s order below, cut to ``depth``.
+def ensemble_rerank(first, columns, depth: int, rerank_depth: int, how: str):
+    """An ensemble teacher as a reranker: each query's top ``rerank_depth`` of ``first`` (BM25) scored by
+    ``combine_teachers`` of its columns (the cross-encoder's score, BM25's, a side column...), as the loader
+    combines the answer key's columns; ``first``'s order below, cut to ``depth``.
 
     Args:
-      first, teacher: runs ``{qid: [(doc id, score), ...]}``; ``teacher`` scores every top document of ``first``.
+      first: the first-stage run ``{qid: [(doc id, score), ...]}``.
+      columns: score tables ``{qid: {doc id: score}}`` (``as_scores`` of a run, ``as_scores(first)`` for the
+        first stage's own), each scoring every top document of ``first``.
     """
     import numpy as np
 
     from distill_jax.data.pipeline import combine_teachers
 
-    teacher_scores = {q: dict(r) for q, r in teacher.items()}
     reranked = {}
     for q, ranked in first.items():
         top = ranked[:rerank_depth]
         if not top:
             continue
-        cols = np.array([[teacher_scores[q][d], s] for d, s in top], np.float64)  # [M, 2]
+        cols = np.array([[c[q][d] for c in columns] for d, _ in top], np.float64)  # [M, columns]
         combined = combine_teachers(cols, how)
         order = np.argsort(-combined, kind="stable")
         reranked[q] = [(top[i][0], float(combined[i])) for i in order]
@@ -742,7 +743,7 @@ def run_names(cfg: RunConfig) -> list[tuple[str, str]]:
 
 
 def stage_retrieve(cfg: RunConfig) -> dict:
-    from distill_jax.data.candidates import read_trec_run, write_trec_run
+    from distill_jax.data.candidates import as_scores, read_trec_run, write_trec_run
     from distill_jax.eval.rerank import bm25_run
     from distill_jax.eval.retrieve import load_model, rerank, retrieve
 
@@ -777,7 +778,8 @@ def stage_retrieve(cfg: RunConfig) -> dict:
             run = rerank_on_top(first_stage(), reranked, e.depth)
         elif name == "teacher_bm25":
             teacher_run = read_trec_run(p.run_file("teacher"))
-            run = ensemble_rerank(first_stage(), teacher_run, e.depth, e.rerank_depth, cfg.training.teacher_combine)
+            run = ensemble_rerank(first_stage(), [as_scores(teacher_run), as_scores(first_stage())], e.depth,
+                                  e.rerank_depth, cfg.training.teacher_combine)
         else:
             if name == "base_dense":
                 rm = load_model(cfg.model.checkpoint, kind="dense", doc_maxlen=cfg.training.doc_maxlen,
