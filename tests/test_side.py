@@ -76,3 +76,34 @@ def test_a_pair_without_side_vector_names_the_file_and_id(side, tmp_path):
     common = dict(collection=str(side / "col"), candidates=str(side / "col" / "cands.jsonl"), num_shards=1)
     with pytest.raises(DataError, match="query_ids.json has no vector"):
         run_score(ScoreConfig(teachers=(f"side:{part}",), out_dir=str(tmp_path / "s"), **common), 0, 1)
+
+
+def test_side_teacher_rerank_script_scores_each_pair_with_its_own_vectors(tmp_path):
+    """scripts/side_teacher_rerank.py: BM25 and the cross-encoder rank every query's positive last of 7, the side
+    vectors (one-hot, a query's equal to its positive's) first; the table must say so for every query."""
+    import os
+    import subprocess
+    import sys
+
+    from distill_jax.data.candidates import write_trec_run
+
+    cands = _write_collection(tmp_path / "col")
+    os.makedirs(tmp_path / "job" / "runs")
+    ranked = {c["qid"]: [(d, float(7 - i)) for i, d in enumerate(c["neg"] + c["pos"])] for c in cands}
+    write_trec_run(str(tmp_path / "job" / "runs" / "bm25.trec"), ranked)
+    write_trec_run(str(tmp_path / "job" / "runs" / "teacher.trec"),
+                   {q: [(d, 10.0 * s) for d, s in r] for q, r in ranked.items()})
+    doc_ids = [f"d{i}" for i in range(40)]
+    passages = np.eye(40, dtype=np.float32)
+    queries = np.stack([passages[doc_ids.index(c["pos"][0])] for c in cands])
+    write_side_features(str(tmp_path / "side"), [c["qid"] for c in cands], queries, doc_ids, passages, {})
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(repo, "scripts", "side_teacher_rerank.py"), "--job",
+                          str(tmp_path / "job"), "--side", str(tmp_path / "side"), "--collection",
+                          str(tmp_path / "col"), "--split", "train", "--depth", "7"],
+                         capture_output=True, text=True, check=True).stdout
+    ndcg = {line[:28].strip(): float(line[28:].split()[0]) for line in out.splitlines()[3:] if line.strip()}
+    assert ndcg["side alone"] == 1.0  # the positive first for every query
+    assert ndcg["cross-encoder"] == ndcg["cross-encoder + BM25"] == pytest.approx(1 / np.log2(8), abs=1e-4)
+    assert set(ndcg) == {"cross-encoder", "cross-encoder + BM25", "cross-encoder + side",
+                         "cross-encoder + BM25 + side", "side alone"}
