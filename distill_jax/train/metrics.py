@@ -136,8 +136,9 @@ def start_end(rows: list[dict[str, Any]]) -> dict[str, tuple[int, float, int, fl
     Returns:
       ``{name: (first step, value, last step, value)}`` for every numeric quantity a run is judged by: the
       window-mean loss (``loss_mean``) and its terms (``loss_*``), rank agreement with the teacher (``spearman``,
-      ``<student>/spearman``), a student's own loss and terms (``<student>/loss*``) and validation metrics
-      (``val/*``); rates, counters, gradient norms and schedules are left out.
+      ``<student>/spearman``), a student's own loss and terms (``<student>/loss*``), validation metrics
+      (``val/*``) and what else a step reports (SPLADE's non-zeros and regulariser terms); rates, counters,
+      gradient norms and schedules are left out.
       A quantity logged once has equal start and end.
     """
     out: dict[str, tuple[int, float, int, float]] = {}
