@@ -208,3 +208,58 @@ def test_sigkill_in_a_stage_then_rerun_gives_the_same_table(uninterrupted, cache
     assert "student-colbert_margin_mse: done earlier" in resumed.stdout
     assert "resumed from" in resumed.stderr and "colbert_infonce" in resumed.stderr
     assert _table(resumed.stdout) == _table(uninterrupted[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cross-fitting (teacher.folds): no answer-key row comes from a teacher that saw its query
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_cross_fitted_teachers_score_only_the_queries_they_never_saw(tmp_path):
+    import numpy as np
+
+    from distill_jax.data.candidates import read_candidates
+    from distill_jax.data.collections import read_qrels
+    from distill_jax.data.scores import load_teacher_scores
+    from distill_jax.teacher.scorer import load_teacher, pair_buckets, score_pairs
+
+    cfg = job.load_run_config(TINY, [f"workdir={tmp_path}", "teacher.folds=2", "score.lexical=true",
+                                     "progress=false", "compilation_cache="])
+    p = job.Paths(cfg.workdir)
+    job.stage_collection(cfg), job.stage_mine(cfg)
+    marker = job.stage_teacher(cfg)
+    folds = job.teacher_folds(cfg)
+    train = set(read_qrels(os.path.join(job.collection_dir(cfg), "qrels", "train.tsv")))
+    assert set(folds[0]).isdisjoint(folds[1]) and set(folds[0]) | set(folds[1]) == train
+    assert abs(len(folds[0]) - len(folds[1])) <= 1
+    assert job.teacher_dirs(cfg) == [str(tmp_path / "teacher" / "fold0"), str(tmp_path / "teacher" / "fold1")]
+    assert [f["fold_queries"] for f in marker["folds"]] == [len(f) for f in folds]
+    for i, work in enumerate(job.teacher_dirs(cfg)):  # teacher i saw (fitted or validated on) every query but fold i's
+        seen = {q for part in ("fit", "holdout") for q in read_qrels(os.path.join(work, "collection", "qrels",
+                                                                                   f"{part}.tsv"))}
+        assert seen == train - set(folds[i])
+    job.stage_score(cfg)
+    key = load_teacher_scores(p.scores)
+    assert key.teacher_names == ("teacher", "bm25")
+    mined = [c["qid"] for c in read_candidates(p.candidates)]
+    records = [key.record(i) for i in range(len(key))]
+    assert [r["qid"] for r in records] == mined  # every mined query once, in the mined order
+    col = load_collection(job.collection_dir(cfg), "train")
+    buckets = pair_buckets(cfg.teacher.pair_maxlen)
+    scorers = [load_teacher(job.teacher_model(cfg, i), "float32", 32, buckets) for i in range(2)]
+    fold_of = {q: i for i, part in enumerate(folds) for q in part}
+    for i in range(2):
+        rows = [r for r in records if fold_of[r["qid"]] == i][:6]
+        assert rows, f"no mined query in fold {i}"
+        queries = [col.queries[r["qid"]] for r in rows for _ in r["pids"]]
+        passages = [col.passage(d) for r in rows for d in r["pids"]]
+        got = np.concatenate([r["scores"][:, 0] for r in rows])
+        own, other = (score_pairs(*scorers[j], queries, passages, cfg.teacher.pair_maxlen) for j in (i, 1 - i))
+        np.testing.assert_allclose(got, own, rtol=1e-5, atol=1e-5)  # its fold's teacher ...
+        assert np.abs(got - other).max() > 1e-3  # ... and not the teacher that was fitted on it
+    # a re-run (after a kill during the merge, say) rewrites the same dataset
+    job.stage_score(cfg)
+    assert load_teacher_scores(p.scores).fingerprint == key.fingerprint
+    assert job.teacher_train_config(cfg, fold=1).workdir == str(tmp_path / "teacher" / "fold1")
+    with pytest.raises(ConfigError, match="teacher.folds"):
+        job.load_run_config(TINY, ["teacher.folds=0"])

@@ -99,6 +99,12 @@ class TeacherSpec:
         steps (0 = never; the last checkpoint is used).
       checkpoint_every: save every this many steps (and at the end): how much a kill can lose.
       seed: initialisation / dropout seed.
+      folds: cross-fitting. 1: one teacher fitted on the train queries, which then scores the answer key of those
+        same queries (on them its soft labels mostly repeat the qrels it learnt). k >= 2: the train queries are
+        split into k folds (drawn with ``seed``); teacher i (``teacher/fold<i>``) is fitted on the queries outside
+        fold i (its ``holdout`` drawn from them) and scores fold i's candidates alone, so no answer-key row comes
+        from a teacher that saw its query. k teacher trainings; fold 0's teacher is the one the table's teacher
+        rows rerank with and the one exported.
     """
 
     steps: int = 120
@@ -115,6 +121,7 @@ class TeacherSpec:
     eval_depth: int = 10
     checkpoint_every: int = 40
     seed: int = 0
+    folds: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +287,8 @@ def validate_run_config(cfg: RunConfig) -> RunConfig:
                           "teacher.n_candidates - 1; raise mine.k")
     if cfg.teacher.holdout < 1:
         raise ConfigError("teacher.holdout must be >= 1 (train-teacher validates on held-out train queries)")
+    if cfg.teacher.folds < 1:
+        raise ConfigError(f"teacher.folds = {cfg.teacher.folds}: use 1 (one teacher) or k >= 2 (cross-fitting)")
     return cfg
 
 
@@ -458,13 +467,14 @@ class Paths:
     def candidates(self) -> str:
         return os.path.join(self.workdir, "mine", "train.jsonl")
 
-    @property
-    def teacher_workdir(self) -> str:
-        return os.path.join(self.workdir, "teacher")
+    def teacher_workdir(self, fold: int | None = None) -> str:
+        """``teacher/`` (one teacher) or ``teacher/fold<fold>`` (cross-fitting)."""
+        base = os.path.join(self.workdir, "teacher")
+        return base if fold is None else os.path.join(base, f"fold{fold}")
 
-    @property
-    def teacher_model(self) -> str:
-        return os.path.join(self.workdir, "teacher", "teacher")
+    def score_fold(self, fold: int) -> str:
+        """Fold ``fold``'s candidates and answer key before the merge into ``scores``."""
+        return os.path.join(self.workdir, "score_folds", f"fold{fold}")
 
     @property
     def scores(self) -> str:
@@ -482,6 +492,30 @@ class Paths:
 
 def collection_dir(cfg: RunConfig) -> str:
     return os.path.abspath(cfg.data) if cfg.data else Paths(cfg.workdir).collection
+
+
+def teacher_dirs(cfg: RunConfig) -> list[str]:
+    """The teachers' work directories: ``[teacher/]``, or ``teacher/fold<i>`` for each cross-fitting fold (the
+    first is the one the table and the export use). Each holds its Hugging Face export in ``teacher/``."""
+    p = Paths(cfg.workdir)
+    folds = cfg.teacher.folds
+    return [p.teacher_workdir()] if folds == 1 else [p.teacher_workdir(i) for i in range(folds)]
+
+
+def teacher_model(cfg: RunConfig, fold: int = 0) -> str:
+    """The exported cross-encoder of teacher ``fold`` (0 without cross-fitting)."""
+    return os.path.join(teacher_dirs(cfg)[fold], "teacher")
+
+
+def teacher_folds(cfg: RunConfig) -> list[list[str]]:
+    """Train query ids of each cross-fitting fold (``[[]]`` without cross-fitting: no query is left out)."""
+    from distill_jax.data.collections import read_qrels
+    from distill_jax.jobs.train_teacher import cross_fit_folds
+
+    if cfg.teacher.folds == 1:
+        return [[]]
+    qrels = read_qrels(os.path.join(collection_dir(cfg), "qrels", "train.tsv"))
+    return cross_fit_folds(list(qrels), cfg.teacher.folds, cfg.teacher.seed)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -506,22 +540,22 @@ def _tokenizer(cfg: RunConfig) -> str:
     return resolve_checkpoint_dir(cfg.model.checkpoint)
 
 
-def teacher_train_config(cfg: RunConfig, tokenizer: str = ""):
+def teacher_train_config(cfg: RunConfig, tokenizer: str = "", fold: int = 0):
     """The cross-encoder run of the teacher stage (the ``teacher_scifact`` recipe's shape, sized by
-    ``cfg.teacher``)."""
+    ``cfg.teacher``); ``fold``: which cross-fitting teacher (its own work directory)."""
     from distill_jax.config import (CheckpointConfig, DataConfig, EvalConfig, LossConfig, OptimConfig, TrainConfig,
                                     validate)
 
-    t, p = cfg.teacher, Paths(cfg.workdir)
+    t, work = cfg.teacher, teacher_dirs(cfg)[fold]
     head = {"classifier": t.head_lr_multiplier, "pooler": t.head_lr_multiplier} if t.head_lr_multiplier != 1 else {}
     return validate(TrainConfig(
-        name="teacher", workdir=p.teacher_workdir, steps=t.steps, seed=t.seed, log_every=max(1, min(10, t.steps)),
+        name="teacher", workdir=work, steps=t.steps, seed=t.seed, log_every=max(1, min(10, t.steps)),
         tensorboard=False, progress=cfg.progress,
         model=_model_config(cfg, "cross_encoder"),
         loss=LossConfig(name="infonce", hp={"temperature": 1.0}),
         optim=OptimConfig(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, schedule="cosine",
                           weight_decay=0.01, lr_multipliers=head),
-        data=DataConfig(dataset_dir=os.path.join(p.teacher_workdir, "labels"), collection_dir=collection_dir(cfg),
+        data=DataConfig(dataset_dir=os.path.join(work, "labels"), collection_dir=collection_dir(cfg),
                         split="train", tokenizer=tokenizer, batch_size=t.batch_size, n_candidates=t.n_candidates,
                         pair_maxlen=t.pair_maxlen, sampling="random", top_k=t.top_k, seed=t.seed),
         checkpoint=CheckpointConfig(every_steps=t.checkpoint_every, keep=1, keep_best=1, async_save=False),
@@ -635,28 +669,28 @@ def stage_mine(cfg: RunConfig) -> dict:
 def stage_teacher(cfg: RunConfig) -> dict:
     from distill_jax.jobs.train_teacher import train_teacher
 
-    tcfg = teacher_train_config(cfg, _tokenizer(cfg))
-    summary = train_teacher(tcfg, holdout=cfg.teacher.holdout, k=cfg.teacher.k, test_depth=0)
-    val = summary.get("holdout_validation") or {}
-    note = f"best step {summary['best_step']}" + (f", holdout nDCG@10 {val['nDCG@10']:.3f}" if val else "")
-    return {"teacher": summary["teacher_dir"], "best_step": summary["best_step"], "holdout_validation": val,
-            "note": note}
+    folds, out = teacher_folds(cfg), []
+    for i, left_out in enumerate(folds):  # a fold cut off mid-training resumes from its own checkpoints
+        tcfg = teacher_train_config(cfg, _tokenizer(cfg), fold=i)
+        summary = train_teacher(tcfg, holdout=cfg.teacher.holdout, k=cfg.teacher.k, test_depth=0, exclude=left_out)
+        out.append({"teacher": summary["teacher_dir"], "best_step": summary["best_step"],
+                    "holdout_validation": summary.get("holdout_validation") or {}, "fold_queries": len(left_out)})
+    notes = [f"best step {o['best_step']}" + (f", holdout nDCG@10 {o['holdout_validation']['nDCG@10']:.3f}"
+                                              if o["holdout_validation"] else "") for o in out]
+    if len(out) == 1:
+        return {**out[0], "note": notes[0]}
+    return {**out[0], "folds": out,
+            "note": "; ".join(f"fold {i} ({o['fold_queries']} queries left out): {n}"
+                              for i, (o, n) in enumerate(zip(out, notes)))}
 
 
 def stage_score(cfg: RunConfig) -> dict:
     import numpy as np
 
     from distill_jax.data.scores import load_teacher_scores
-    from distill_jax.eval.rerank import pair_buckets
-    from distill_jax.teacher.answer_key import BM25_TEACHER, ScoreConfig, run_score
 
-    p, s = Paths(cfg.workdir), cfg.score
-    teachers = (p.teacher_model, BM25_TEACHER) if s.lexical else (p.teacher_model,)
-    score_cfg = ScoreConfig(teachers=teachers, collection=collection_dir(cfg), candidates=p.candidates,
-                            out_dir=p.scores, split="train", num_shards=s.num_shards,
-                            max_length=cfg.teacher.pair_maxlen, buckets=pair_buckets(cfg.teacher.pair_maxlen),
-                            batch_size=s.batch_size, dtype=s.dtype, max_candidates=s.max_candidates)
-    stats = run_score(score_cfg, 0, 1)
+    p = Paths(cfg.workdir)
+    stats = score_answer_key(cfg) if cfg.teacher.folds == 1 else score_cross_fitted(cfg)
     ds = load_teacher_scores(p.scores)
     scores = np.concatenate([np.asarray(ds.record(i)["scores"])[:, 0] for i in range(len(ds))])
     pct = {f"p{q}": float(np.percentile(scores, q)) for q in (5, 50, 95)}
@@ -664,6 +698,56 @@ def stage_score(cfg: RunConfig) -> dict:
             **{k: stats[k] for k in ("shards_scored", "shards_skipped")},
             "note": f"{len(ds)} queries, {scores.size} pairs; teacher scores p5/p50/p95 "
                     f"{pct['p5']:.2f} / {pct['p50']:.2f} / {pct['p95']:.2f}"}
+
+
+def score_answer_key(cfg: RunConfig, fold: int = 0, candidates: str = "", out_dir: str = "") -> dict:
+    """``distill-jax score`` of ``candidates`` (default: the mined ones) by teacher ``fold`` [+ BM25] into
+    ``out_dir`` (default: the job's answer key); returns its statistics. Resumes shard by shard."""
+    from distill_jax.eval.rerank import pair_buckets
+    from distill_jax.teacher.answer_key import BM25_TEACHER, ScoreConfig, run_score
+
+    p, s = Paths(cfg.workdir), cfg.score
+    teacher = teacher_model(cfg, fold)
+    teachers = (teacher, BM25_TEACHER) if s.lexical else (teacher,)
+    score_cfg = ScoreConfig(teachers=teachers, collection=collection_dir(cfg), candidates=candidates or p.candidates,
+                            out_dir=out_dir or p.scores, split="train", num_shards=s.num_shards,
+                            max_length=cfg.teacher.pair_maxlen, buckets=pair_buckets(cfg.teacher.pair_maxlen),
+                            batch_size=s.batch_size, dtype=s.dtype, max_candidates=s.max_candidates)
+    return run_score(score_cfg, 0, 1)
+
+
+def score_cross_fitted(cfg: RunConfig) -> dict:
+    """The cross-fitted answer key: each fold's mined candidates scored by the teacher that did not see the fold
+    (``score_folds/fold<i>``), then one dataset of every query in the mined order (``scores``).
+
+    A kill loses at most a shard of one fold; the merge is rewritten whole from the finished folds (the same
+    records give the same dataset, so a re-run after a kill during it completes it)."""
+    from distill_jax.data.candidates import read_candidates, write_candidates
+    from distill_jax.data.scores import build_teacher_scores, load_teacher_scores
+
+    p = Paths(cfg.workdir)
+    cands = read_candidates(p.candidates)
+    fold_of = {q: i for i, part in enumerate(teacher_folds(cfg)) for q in part}
+    stats = {"shards_scored": 0, "shards_skipped": 0}
+    fold_sets = []
+    for i in range(cfg.teacher.folds):
+        path = os.path.join(p.score_fold(i), "candidates.jsonl")
+        if not os.path.isfile(path):  # written atomically: a finished file is kept
+            os.makedirs(p.score_fold(i), exist_ok=True)
+            write_candidates(path, [c for c in cands if fold_of[c["qid"]] == i])
+        st = score_answer_key(cfg, i, path, os.path.join(p.score_fold(i), "scores"))
+        stats = {k: stats[k] + st[k] for k in stats}
+        fold_sets.append(load_teacher_scores(os.path.join(p.score_fold(i), "scores")))
+    names = fold_sets[0].teacher_names
+    by_qid = {}
+    for ds in fold_sets:
+        if ds.teacher_names != names:
+            raise ValueError(f"{ds.path}: teacher columns {ds.teacher_names} differ from fold 0's {names}")
+        by_qid.update((r["qid"], r) for r in map(ds.record, range(len(ds))))
+    build_teacher_scores(lambda: [by_qid[c["qid"]] for c in cands if c["qid"] in by_qid], p.scores, names,
+                         num_shards=cfg.score.num_shards, overwrite=True,
+                         inputs={"cross_fitted_folds": [ds.fingerprint for ds in fold_sets]})
+    return stats
 
 
 def stage_student(cfg: RunConfig, spec: StudentSpec) -> dict:
@@ -771,7 +855,7 @@ def stage_retrieve(cfg: RunConfig) -> dict:
         if name == "bm25":
             run = first_stage()
         elif name == "teacher":
-            rm = load_model(p.teacher_model, kind="cross_encoder", pair_maxlen=cfg.teacher.pair_maxlen)
+            rm = load_model(teacher_model(cfg), kind="cross_encoder", pair_maxlen=cfg.teacher.pair_maxlen)
             top = {q: [d for d, _ in r[:e.rerank_depth]] for q, r in first_stage().items() if r}
             reranked = rerank(rm, col.queries, dict(zip(doc_ids, doc_texts)), top, e.batch_size,
                               progress=cfg.progress)
@@ -849,7 +933,7 @@ def stage_export(cfg: RunConfig) -> dict:
 
     p = Paths(cfg.workdir)
     paths = {}
-    for name, workdir in [("teacher", p.teacher_workdir)] + [(s.name, p.student(s.name)) for s in cfg.students]:
+    for name, workdir in [("teacher", teacher_dirs(cfg)[0])] + [(s.name, p.student(s.name)) for s in cfg.students]:
         out, step = export_run(workdir, p.export(name), fmt=cfg.export_format)  # tokenizer: the run's
         paths[name] = {"path": out, "step": step}
     return {"exports": paths, "format": cfg.export_format, "note": f"{len(paths)} {cfg.export_format} directories"}

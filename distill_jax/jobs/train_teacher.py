@@ -28,16 +28,19 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Collection
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 
-def make_view(collection_dir: str, out_dir: str, split: str, holdout: int, seed: int) -> dict[str, list[str]]:
+def make_view(collection_dir: str, out_dir: str, split: str, holdout: int, seed: int,
+              exclude: Collection[str] = ()) -> dict[str, list[str]]:
     """Writes a BEIR view with qrels splits ``fit`` and ``holdout`` cut from ``split`` (plus every original split).
 
     The corpus and queries are symlinks; the held-out queries are ``holdout`` queries drawn with ``seed``.
+    ``exclude``: queries of ``split`` left out of both (a cross-fitting fold the teacher must not see).
 
     Returns:
       ``{"fit": [...], "holdout": [...]}`` query ids.
@@ -52,7 +55,8 @@ def make_view(collection_dir: str, out_dir: str, split: str, holdout: int, seed:
     for name in os.listdir(os.path.join(src, "qrels")):
         _symlink(os.path.join(src, "qrels", name), os.path.join(out_dir, "qrels", name))
     qrels = read_qrels(os.path.join(src, "qrels", f"{split}.tsv"))
-    parts = split_queries(sorted(qrels), holdout, seed, split)
+    left_out = set(exclude)
+    parts = split_queries(sorted(q for q in qrels if q not in left_out), holdout, seed, split)
     for part, ids in parts.items():
         tmp = os.path.join(out_dir, "qrels", f"{part}.tsv.tmp")
         with open(tmp, "w") as f:
@@ -71,6 +75,18 @@ def split_queries(qids: list[str], holdout: int, seed: int, split: str = "train"
     rng = np.random.default_rng(seed)
     held = set(rng.choice(qids, size=holdout, replace=False).tolist())
     return {"fit": [q for q in qids if q not in held], "holdout": [q for q in qids if q in held]}
+
+
+def cross_fit_folds(qids: Collection[str], folds: int, seed: int) -> list[list[str]]:
+    """``folds`` disjoint, near-equal parts of ``qids`` (a permutation drawn with ``seed``; each part sorted).
+
+    Cross-fitting: teacher ``i`` is fitted on every query outside part ``i`` and scores part ``i`` alone, so no
+    soft label comes from a teacher that saw the query's qrels.
+    """
+    if not 1 <= folds <= len(qids):
+        raise ValueError(f"folds={folds} must be between 1 and the number of queries ({len(qids)})")
+    order = np.random.default_rng(seed).permutation(sorted(qids))
+    return [sorted(part.tolist()) for part in np.array_split(order, folds)]
 
 
 def _symlink(target: str, link: str) -> None:
@@ -112,11 +128,13 @@ def write_label_dataset(view_dir: str, out_dir: str, k: int, num_shards: int = 1
     return metrics
 
 
-def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test", test_depth: int = 100) -> dict:
+def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test", test_depth: int = 100,
+                  exclude: Collection[str] = ()) -> dict:
     """Prepares the data, trains, exports the best checkpoint and evaluates it (see the module docstring).
 
     ``cfg.model.checkpoint = ""`` trains a random encoder of the config's geometry (tokenizer: ``data.tokenizer``);
-    ``test_depth=0`` skips the final reranking evaluation.
+    ``test_depth=0`` skips the final reranking evaluation; ``exclude``: training queries the teacher never sees
+    (neither fitted nor held out: a cross-fitting fold, :func:`cross_fit_folds`).
     """
     from distill_jax.eval.rerank import evaluate_reranking
     from distill_jax.export import save_pretrained
@@ -134,7 +152,7 @@ def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test
     primary = jax.process_index() == 0
     recall = None
     if primary:  # one writer of the view and the label dataset; the other hosts read them after the barrier
-        parts = make_view(cfg.data.collection_dir, view, cfg.data.split, holdout, cfg.data.seed)
+        parts = make_view(cfg.data.collection_dir, view, cfg.data.split, holdout, cfg.data.seed, exclude)
         recall = write_label_dataset(view, dataset, k)
         log.info("teacher data: %d fit / %d held-out queries; BM25 %s", len(parts["fit"]), len(parts["holdout"]),
                  recall)
@@ -161,7 +179,8 @@ def train_teacher(cfg, holdout: int = 100, k: int = 100, eval_split: str = "test
         results = evaluate_reranking(teacher_dir, cfg.data.collection_dir, eval_split, k=test_depth,
                                      max_length=cfg.data.pair_maxlen, batch_size=cfg.eval.batch_size,
                                      max_queries=cfg.eval.max_queries)
-    summary = {"best_step": best_step, "test_depth": test_depth, "holdout_validation": out["validation"], "bm25_recall_fit": recall,
+    summary = {"best_step": best_step, "test_depth": test_depth, "holdout_validation": out["validation"],
+               "bm25_recall_fit": recall, "excluded_queries": len(exclude),
                f"{eval_split}_reranking": results, "teacher_dir": teacher_dir}
     if primary:
         with open(os.path.join(work, "results.json"), "w") as f:
