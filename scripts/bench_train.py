@@ -66,10 +66,12 @@ def encoder_flops(n_seq: int, length: int, h: int, inter: int, layers: int) -> f
 
 
 def model_flops_per_step(kind: str, b: int, n: int, lq: int, ld: int, colbert_dim: int = 128,
-                         splade_head: str = "argmax") -> float:
+                         splade_head: str = "argmax", hidden_size: int = MINILM["hidden_size"],
+                         intermediate_size: int = MINILM["intermediate_size"],
+                         num_layers: int = MINILM["num_layers"]) -> float:
     """Analytic training FLOPs of one step: the forward's matmuls x 3, except SPLADE's vocabulary decoder, which
-    counts as ``splade_head`` ("plain" or "argmax") runs it."""
-    h, inter, layers, v = MINILM["hidden_size"], MINILM["intermediate_size"], MINILM["num_layers"], MINILM["vocab_size"]
+    counts as ``splade_head`` ("plain" or "argmax") runs it. The geometry defaults to MiniLM's."""
+    h, inter, layers, v = hidden_size, intermediate_size, num_layers, MINILM["vocab_size"]
     fwd = encoder_flops(b, lq, h, inter, layers) + encoder_flops(b * n, ld, h, inter, layers)
     tokens = b * lq + b * n * ld
     if kind == "colbert":

@@ -33,3 +33,34 @@ def test_bench_quick_maxsim(tmp_path):
     assert line["agreement"]["agree"], line["agreement"]
     assert line["agreement"]["max_abs_score_diff"] < 1e-4
     assert "| maxsim-kd |" in proc.stdout  # the markdown table
+
+
+def test_bench_gpu_lines_run_at_quick_shapes_on_a_cpu(tmp_path, shared_data):
+    """The --gpu mode (../shared/GPU.md lines, bf16, random weights from a pack) end to end at --quick shapes, so
+    the script a GPU session runs is known to work before a device is lent: the pack holds the tokenizer and the
+    teacher's text pairs, both sides load the same random weights, and the teacher scores agree at bf16."""
+    pytest.importorskip("sentence_transformers")
+    pack, out = tmp_path / "pack", tmp_path / "gpu.json"
+    script = os.path.join(REPO, "scripts", "bench.py")
+    proc = subprocess.run([sys.executable, script, "--gpu-pack", str(pack), "--collection",
+                           str(shared_data / "scifact")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (pack / "tokenizer" / "vocab.txt").is_file()
+    pairs = json.loads((pack / "pairs-4096.json").read_text())
+    assert len(pairs["queries"]) == len(pairs["passages"]) == 4096
+    proc = subprocess.run([sys.executable, script, "--gpu", "--pack", str(pack), "--quick", "--only",
+                           "gpu-splade-minilm-16x2", "gpu-teacher-minilm", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["lines"]) == {"gpu-splade-minilm-16x2", "gpu-teacher-minilm"}
+    for name, line in r["lines"].items():
+        assert line["spec"]["dtype"] == "bfloat16" and line["reference"] and line["target"] > 1
+        for side in ("ours", "peer"):
+            assert "error" not in line[side], (name, side, line[side])
+            assert line[side]["step_s_median"] > 0 and line[side]["device"]
+            assert line[side]["device_peak_gb"] is None  # no accelerator here: host RSS only
+        assert line["ratio"] == pytest.approx(line["ours"]["examples_per_s"] / line["peer"]["examples_per_s"])
+    teacher = r["lines"]["gpu-teacher-minilm"]
+    assert teacher["agreement"]["agree"] and teacher["agreement"]["tolerance"] == 5e-2, teacher["agreement"]
+    assert "| gpu-splade-minilm-16x2 |" in proc.stdout and "target >= 8.0x" in proc.stdout
