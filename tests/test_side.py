@@ -1,7 +1,9 @@
 """A teacher with side information (``distill-jax side-features`` + ``score --teacher side:DIR``): the side
 vectors equal sentence-transformers' embeddings of the same texts; the side column is each pair's float64 dot
 product of them, beside the cross-encoder's column as it is alone; changed features are refused on a rerun; a
-pair without a side vector fails naming the file and the id."""
+pair without a side vector fails naming the file and the id. The recipe (``configs/side_information.py``) is the
+SciFact job's student with only the answer key, work directory and steps changed; its tiny variant trains, resumes
+bit for bit and gives the same steps on 8 devices as on 1."""
 
 import json
 
@@ -9,9 +11,13 @@ import numpy as np
 import pytest
 
 from distill_jax.cli import main as cli
+from distill_jax.config import load_config, to_dict
 from distill_jax.data.collections import DataError, load_collection
 from distill_jax.teacher.answer_key import ScoreConfig, run_score, teacher_name
 from distill_jax.teacher.side import SideFeatures, write_side_features
+from distill_jax.jobs.run import load_run_config, student_train_config
+from test_objectives import check_eight_equal_one, check_trains_and_resumes, tiny
+from test_step import fast_compiles  # noqa: F401  (autouse)
 from test_teacher import _read, _write_collection, tiny_teacher  # noqa: F401  (tiny_teacher: a fixture)
 
 
@@ -107,3 +113,32 @@ def test_side_teacher_rerank_script_scores_each_pair_with_its_own_vectors(tmp_pa
     assert ndcg["cross-encoder"] == ndcg["cross-encoder + BM25"] == pytest.approx(1 / np.log2(8), abs=1e-4)
     assert set(ndcg) == {"cross-encoder", "cross-encoder + BM25", "cross-encoder + side",
                          "cross-encoder + BM25 + side", "side alone"}
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+@pytest.mark.parametrize("variant, student, infonce_t", [("", "dense_distilled_t4", 0.05),
+                                                          (":colbert", "colbert_distilled_t4", 1.0)])
+def test_side_recipe_is_the_jobs_student_with_the_side_key(variant, student, infonce_t):
+    """The side-information recipe differs from the job's student in the answer key, work directory and steps
+    only, so its figure beside the same recipe on the two-column key isolates the side column; the student learns
+    the z-score mean of every column, through a KL at 4x its InfoNCE temperature."""
+    job = load_run_config("configs/scifact.py")
+    want = flat(to_dict(student_train_config(job, next(s for s in job.students if s.name == student))))
+    got = flat(to_dict(load_config(f"configs/side_information.py{variant}")))
+    assert {k for k in want.keys() | got.keys() if want.get(k) != got.get(k)} == {"workdir", "steps",
+                                                                                    "data.dataset_dir"}
+    assert (got["data.dataset_dir"], got["steps"], got["data.teacher_combine"]) == ("runs/scores_side", 300, "zmean")
+    (kl,) = got["loss.objectives"]
+    assert kl["name"] == "kl" and kl["hp"] == {"temperature": 4 * infonce_t, "teacher_temperature": 0.75}
+    assert got["loss.name"] == "infonce" and got["loss.hp.temperature"] == infonce_t and got["loss.in_batch"]
+
+
+def test_side_recipe_trains_resumes_and_eight_devices_equal_one(tmp_path):
+    check_trains_and_resumes(tmp_path, "side_information")
+    check_eight_equal_one(tiny("side_information"))
