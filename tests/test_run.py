@@ -118,6 +118,14 @@ def test_scifact_job_twins_differ_from_their_students_only_by_the_teacher_term()
             assert getattr(d, field) == getattr(t, field), (student.name, field)
 
 
+def test_scifact_long_variant_changes_only_the_students_steps():
+    base = job.load_run_config(os.path.join(ROOT, "configs", "scifact.py"))
+    long = job.load_run_config(os.path.join(ROOT, "configs", "scifact.py:long"))
+    assert (long.training.steps, long.training.checkpoint_every, long.workdir) == (300, 50, "runs/scifact_long")
+    assert dataclasses.replace(long, name=base.name, workdir=base.workdir, training=base.training) == base
+    assert dataclasses.replace(long.training, steps=100, checkpoint_every=25) == base.training
+
+
 def test_workdir_refuses_another_config(tmp_path):
     cfg = job.load_run_config(None, [f"workdir={tmp_path}"])
     job.claim_workdir(cfg)
